@@ -1,0 +1,128 @@
+// Package endpointkv reads and writes endpoint state records in the KV bucket
+// switchboard-endpoints: compare-and-set updates that retry on conflict, and
+// a live local view kept current by a KV watch that is rebuilt when it dies.
+package endpointkv
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-llm/switchboard/events"
+)
+
+// ErrNotFound is returned when an endpoint has no record yet.
+var ErrNotFound = errors.New("endpoint has no state record")
+
+// Store is the switchboard-endpoints bucket.
+type Store struct {
+	KV jetstream.KeyValue
+}
+
+// Open binds the bucket (it must be provisioned).
+func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	kv, err := js.KeyValue(ctx, events.BucketEndpoints)
+	if err != nil {
+		return nil, fmt.Errorf("open kv bucket %s: %w", events.BucketEndpoints, err)
+	}
+	return &Store{KV: kv}, nil
+}
+
+// Decode parses a KV entry into a record with its revision.
+func Decode(e jetstream.KeyValueEntry) (events.EndpointState, error) {
+	var st events.EndpointState
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		return st, fmt.Errorf("endpoint record %s@%d: %w", e.Key(), e.Revision(), err)
+	}
+	st.Revision = e.Revision()
+	return st, nil
+}
+
+// Get returns the record of endpoint name.
+func (s *Store) Get(ctx context.Context, name string) (events.EndpointState, error) {
+	e, err := s.KV.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return events.EndpointState{}, ErrNotFound
+	}
+	if err != nil {
+		return events.EndpointState{}, fmt.Errorf("get endpoint %s: %w", name, err)
+	}
+	return Decode(e)
+}
+
+// List returns every record, in key order.
+func (s *Store) List(ctx context.Context) ([]events.EndpointState, error) {
+	keys, err := s.KV.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list endpoints: %w", err)
+	}
+	var names []string
+	for k := range keys.Keys() {
+		names = append(names, k)
+	}
+	var out []events.EndpointState
+	for _, k := range names {
+		st, err := s.Get(ctx, k)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted between list and get
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// UpdateFunc computes the next record from the current one (Revision set;
+// a fresh record when there was none) and says whether to write it.
+type UpdateFunc func(cur events.EndpointState) (next events.EndpointState, write bool, err error)
+
+// ErrConflictLimit is returned when an update lost the compare-and-set race
+// too many times in a row.
+var ErrConflictLimit = errors.New("too many compare-and-set conflicts")
+
+// Update applies fn to the current record of name and writes the result by
+// compare-and-set on the revision it read, re-reading and re-applying on a
+// conflict, so that any number of writers stay correct. fresh makes the
+// record of an endpoint that has none. It returns the record as written
+// (Revision = the new KV revision) or as read when fn chose not to write.
+func (s *Store) Update(ctx context.Context, name string, fresh func() events.EndpointState, fn UpdateFunc) (events.EndpointState, bool, error) {
+	for range 1000 {
+		cur, err := s.Get(ctx, name)
+		exists := true
+		if errors.Is(err, ErrNotFound) {
+			cur, exists, err = fresh(), false, nil
+		}
+		if err != nil {
+			return cur, false, err
+		}
+		next, write, err := fn(cur)
+		if err != nil || !write {
+			return cur, false, err
+		}
+		next.Revision = 0 // not stored: readers fill it from the entry
+		b, err := json.Marshal(next)
+		if err != nil {
+			return cur, false, fmt.Errorf("encode endpoint %s: %w", name, err)
+		}
+		var rev uint64
+		if exists {
+			rev, err = s.KV.Update(ctx, name, b, cur.Revision)
+		} else {
+			rev, err = s.KV.Create(ctx, name, b)
+		}
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			continue // someone else wrote first: re-read and re-apply
+		}
+		if err != nil {
+			return cur, false, fmt.Errorf("write endpoint %s: %w", name, err)
+		}
+		next.Revision = rev
+		return next, true, nil
+	}
+	return events.EndpointState{}, false, fmt.Errorf("update endpoint %s: %w", name, ErrConflictLimit)
+}
