@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -65,7 +66,7 @@ type LookupEnv func(string) (string, bool)
 func Parse(name string, data []byte, env LookupEnv) (*Config, error) {
 	file, err := parser.ParseBytes(data, 0)
 	if err != nil {
-		return nil, &Error{File: name, Problems: []Problem{yamlProblem(err)}}
+		return nil, &Error{File: name, Problems: []Problem{yamlProblem(nil, err)}}
 	}
 	c := &Config{}
 	dec := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField())
@@ -95,7 +96,7 @@ var durationErrRE = regexp.MustCompile(`^time: invalid duration "(.*)"$`)
 func decodeProblem(file *ast.File, err error) Problem {
 	m := durationErrRE.FindStringSubmatch(err.Error())
 	if m == nil {
-		return yamlProblem(err)
+		return yamlProblem(file, err)
 	}
 	p := Problem{Msg: fmt.Sprintf("%q is not a duration (use e.g. 500ms, 30s, 5m)", m[1])}
 	for _, doc := range file.Docs {
@@ -125,16 +126,67 @@ func (f visitorFunc) Visit(n ast.Node) ast.Visitor {
 
 var yamlPrefixRE = regexp.MustCompile(`^\[\d+:\d+\]\s*`)
 
-func yamlProblem(err error) Problem {
+func yamlProblem(file *ast.File, err error) Problem {
 	var ye yaml.Error
-	if errors.As(err, &ye) {
-		p := Problem{Msg: yamlPrefixRE.ReplaceAllString(ye.GetMessage(), "")}
-		if tk := ye.GetToken(); tk != nil && tk.Position != nil {
-			p.Line = tk.Position.Line
-		}
+	if !errors.As(err, &ye) {
+		return Problem{Msg: err.Error()}
+	}
+	p := Problem{Msg: yamlPrefixRE.ReplaceAllString(ye.GetMessage(), "")}
+	tk := ye.GetToken()
+	if tk == nil || tk.Position == nil {
 		return p
 	}
-	return Problem{Msg: err.Error()}
+	p.Line = tk.Position.Line
+	if file != nil {
+		p.Field = pathAt(file, tk.Position.Line, tk.Position.Column)
+	}
+	var te *yaml.TypeError
+	if errors.As(err, &te) && te.DstType != nil {
+		p.Msg = fmt.Sprintf("%q is not a valid %s", tk.Value, kindName(te.DstType.Kind()))
+	}
+	return p
+}
+
+func kindName(k reflect.Kind) string {
+	switch k {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "integer"
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "non-negative integer"
+	case reflect.Float32, reflect.Float64:
+		return "number"
+	case reflect.Bool:
+		return "boolean (true or false)"
+	case reflect.Slice:
+		return "list"
+	case reflect.Map, reflect.Struct:
+		return "mapping"
+	}
+	return k.String()
+}
+
+// pathAt returns the field path ("health.timeout") of the value node at a
+// position, or "" when none is found.
+func pathAt(file *ast.File, line, col int) string {
+	found := ""
+	for _, doc := range file.Docs {
+		ast.Walk(visitorFunc(func(n ast.Node) bool {
+			if found != "" {
+				return false
+			}
+			if tk := n.GetToken(); tk != nil && tk.Position != nil && tk.Position.Line == line && tk.Position.Column == col {
+				if _, isMap := n.(*ast.MappingValueNode); !isMap {
+					found = strings.TrimPrefix(n.GetPath(), "$.")
+					if found == "$" {
+						found = ""
+					}
+					return false
+				}
+			}
+			return true
+		}), doc)
+	}
+	return found
 }
 
 // lineOf finds the line of field (a path like "endpoints[1].base_url") in the
