@@ -7,5 +7,6 @@ func subcommands(g *globals) []*cobra.Command {
 	return []*cobra.Command{
 		newMockCmd(),
 		newConfigCmd(g),
+		newDevCmd(g),
 	}
 }
