@@ -42,13 +42,10 @@ everything cleanly.`,
 			}
 			st, err := stack.New(stack.Options{
 				Config: cfg, NATSListen: natsListen, StoreDir: storeDir, AdminListen: adminListen,
-				Log: g.logger(), Out: cmd.OutOrStdout(),
+				Log: g.logger(), Out: cmd.OutOrStdout(), DevTimings: g.configPath == "",
 			})
 			if err != nil {
 				return err
-			}
-			if g.configPath == "" {
-				stack.DevTimings(st.Config())
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

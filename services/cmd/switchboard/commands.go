@@ -8,5 +8,6 @@ func subcommands(g *globals) []*cobra.Command {
 		newMockCmd(),
 		newConfigCmd(g),
 		newDevCmd(g),
+		newProberCmd(g),
 	}
 }

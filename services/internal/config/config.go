@@ -95,11 +95,18 @@ type Endpoint struct {
 	// CheckInterval and Timeout override health.check_interval/timeout.
 	CheckInterval time.Duration `yaml:"check_interval"`
 	Timeout       time.Duration `yaml:"timeout"`
+	// RecheckInterval overrides health.recheck_interval.
+	RecheckInterval time.Duration `yaml:"recheck_interval"`
 }
 
 // Health holds the seed's health-check settings.
 type Health struct {
-	CheckInterval      time.Duration `yaml:"check_interval"`
+	CheckInterval time.Duration `yaml:"check_interval"`
+	// RecheckInterval is the interval of a probe whose last result was a
+	// failure (Envoy's unhealthy interval): failures are confirmed, and
+	// recoveries seen, within a fraction of check_interval. 0 means
+	// check_interval/6, at least 500ms.
+	RecheckInterval    time.Duration `yaml:"recheck_interval"`
 	Timeout            time.Duration `yaml:"timeout"`
 	HealthyThreshold   int           `yaml:"healthy_threshold"`
 	UnhealthyThreshold int           `yaml:"unhealthy_threshold"`

@@ -147,6 +147,10 @@ func (c *Config) setDefaults() {
 		setInt(&ep.Tier, 1)
 		setDur(&ep.CheckInterval, h.CheckInterval)
 		setDur(&ep.Timeout, h.Timeout)
+		if h.RecheckInterval > 0 {
+			setDur(&ep.RecheckInterval, min(h.RecheckInterval, ep.CheckInterval))
+		}
+		setDur(&ep.RecheckInterval, min(ep.CheckInterval, max(ep.CheckInterval/6, 500*time.Millisecond)))
 		if ep.Probes == nil {
 			if ep.HealthPath != "" {
 				ep.Probes = append(ep.Probes, "health")

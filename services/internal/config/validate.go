@@ -102,6 +102,9 @@ func (c *Config) validate(v *validator) {
 	if h.Timeout < 0 {
 		v.addf("health.timeout", "must be positive, got %s", h.Timeout)
 	}
+	if h.RecheckInterval < 0 || (h.RecheckInterval > 0 && h.RecheckInterval > h.CheckInterval) {
+		v.addf("health.recheck_interval", "must be positive and at most check_interval (%s), got %s", h.CheckInterval, h.RecheckInterval)
+	}
 	if h.LatencyThresholdMS < 1 {
 		v.addf("health.latency_threshold_ms", "must be at least 1, got %d", h.LatencyThresholdMS)
 	}
@@ -357,6 +360,9 @@ func (c *Config) validateEndpoints(v *validator) {
 		}
 		if ep.CheckInterval <= 0 {
 			v.addf(f+".check_interval", "must be positive, got %s", ep.CheckInterval)
+		}
+		if ep.RecheckInterval <= 0 || ep.RecheckInterval > ep.CheckInterval {
+			v.addf(f+".recheck_interval", "must be positive and at most the check interval (%s), got %s", ep.CheckInterval, ep.RecheckInterval)
 		}
 		if ep.Timeout <= 0 || ep.Timeout > ep.CheckInterval {
 			v.addf(f+".timeout", "must be positive and at most the check interval (%s), got %s", ep.CheckInterval, ep.Timeout)

@@ -40,6 +40,8 @@ type Options struct {
 	Log         *slog.Logger
 	// Out receives the banner: what runs where.
 	Out io.Writer
+	// DevTimings applies DevTimings to the configuration.
+	DevTimings bool
 }
 
 // MockEndpoint is one built-in mock endpoint.
@@ -80,6 +82,9 @@ func New(o Options) (*Stack, error) {
 			return nil, err
 		}
 	}
+	if o.DevTimings {
+		DevTimings(s.cfg)
+	}
 	if err := s.cfg.Validate(); err != nil {
 		s.closeMocks()
 		return nil, err
@@ -94,9 +99,11 @@ func DevTimings(c *config.Config) {
 	c.Health.Timeout = 2500 * time.Millisecond
 	c.Breaker.RecoveryTimeout = 10 * time.Second
 	c.Breaker.MaxRecoveryTimeout = 60 * time.Second
+	c.Health.RecheckInterval = 500 * time.Millisecond
 	for i := range c.Endpoints {
 		c.Endpoints[i].CheckInterval = c.Health.CheckInterval
 		c.Endpoints[i].Timeout = c.Health.Timeout
+		c.Endpoints[i].RecheckInterval = c.Health.RecheckInterval
 	}
 }
 
