@@ -28,6 +28,11 @@ const (
 	DefaultTrialLeaseTTL      = 2 * time.Minute
 
 	DefaultGatewayListen = "127.0.0.1:8080"
+	// Admin ports (/metrics, /healthz, /readyz) of the services that have no
+	// HTTP port of their own; the gateway serves them on its own port.
+	DefaultProberAdmin    = "127.0.0.1:9101"
+	DefaultEvaluatorAdmin = "127.0.0.1:9102"
+	DefaultWorkerAdmin    = "127.0.0.1:9103"
 	DefaultNATSListen    = "127.0.0.1:4222"
 )
 
@@ -118,10 +123,12 @@ func (c *Config) setDefaults() {
 	setInt(&p.MaxConcurrent, 64)
 	setStr(&p.Completion.Prompt, "Reply with the single word: OK")
 	setInt(&p.Completion.MaxTokens, 256)
+	setStr(&p.AdminListen, DefaultProberAdmin)
 
 	e := &c.Evaluator
 	setStr(&e.Instance, hostname())
 	setDur(&e.TickInterval, 500*time.Millisecond)
+	setStr(&e.AdminListen, DefaultEvaluatorAdmin)
 
 	w := &c.Worker
 	setStr(&w.Instance, hostname())
@@ -133,6 +140,7 @@ func (c *Config) setDefaults() {
 	setDur(&w.AckWait, 60*time.Second)
 	setInt(&w.MaxDeliver, 5)
 	setInt(&w.MaxAckPending, 1024)
+	setStr(&w.AdminListen, DefaultWorkerAdmin)
 
 	g := &c.Gateway
 	setStr(&g.Listen, DefaultGatewayListen)
