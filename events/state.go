@@ -52,23 +52,39 @@ type EndpointState struct {
 	Requests uint64 `json:"requests"`
 	Failures uint64 `json:"failures"`
 
+	// UpdatedAt is the record's clock: the time of the last signal or tick
+	// applied to it. It never goes backwards.
 	UpdatedAt time.Time `json:"updated_at"`
+	// AppliedSeq is the SWITCHBOARD_HEALTH stream sequence of the last event
+	// applied to the record: the evaluator applies each endpoint's events
+	// exactly once and in stream order, whichever replica receives them.
+	AppliedSeq uint64 `json:"applied_seq,omitempty"`
+	// Pending holds status changes written with the record whose event may
+	// not be published yet (Revision 0 = made by the write that stored this
+	// record; readers fill it in). Any evaluator replica publishes them, in
+	// revision order, before it writes the record again.
+	Pending []StatusChanged `json:"pending,omitempty"`
 	// Revision is the KV revision the record was read at (or, in a
 	// status-change event, written at). It is filled in by readers, not
 	// stored: a KV revision is not known before the write.
 	Revision uint64 `json:"revision,omitempty"`
 }
 
-// HalfOpen is the trial bookkeeping of one half-open period.
+// HalfOpen is the trial bookkeeping of one half-open period. The period
+// admits half_open_requests - Successes - len(Leases) more trials.
 type HalfOpen struct {
 	// Period identifies the half-open period (the OpenCount it began at);
 	// a lease from another period is void.
-	Period    int       `json:"period"`
-	Since     time.Time `json:"since"`
-	Successes int       `json:"successes"`
-	// Granted counts leases granted in this period.
-	Granted int     `json:"granted"`
-	Leases  []Lease `json:"leases,omitempty"`
+	Period int       `json:"period"`
+	Since  time.Time `json:"since"`
+	// Successes counts trial successes: successful calls under a lease and
+	// passing probes; half_open_requests of them close the breaker.
+	Successes int `json:"successes"`
+	// Granted counts leases granted in this period (it never decreases;
+	// lease ids are numbered by it).
+	Granted int `json:"granted"`
+	// Leases are the trial slots currently held.
+	Leases []Lease `json:"leases,omitempty"`
 }
 
 // Lease is one half-open trial slot, held by a worker for one upstream call.

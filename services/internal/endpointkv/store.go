@@ -38,7 +38,20 @@ func Decode(e jetstream.KeyValueEntry) (events.EndpointState, error) {
 		return st, fmt.Errorf("endpoint record %s@%d: %w", e.Key(), e.Revision(), err)
 	}
 	st.Revision = e.Revision()
+	stampPending(&st, e.Revision())
 	return st, nil
+}
+
+// stampPending fills in the revision of the pending status changes that the
+// write at rev made (those stored with revision 0), so that a later write
+// that carries them forward keeps their true revision.
+func stampPending(st *events.EndpointState, rev uint64) {
+	for i := range st.Pending {
+		if st.Pending[i].Revision == 0 {
+			st.Pending[i].Revision = rev
+			st.Pending[i].State.Revision = rev
+		}
+	}
 }
 
 // Get returns the record of endpoint name.
@@ -85,17 +98,51 @@ type UpdateFunc func(cur events.EndpointState) (next events.EndpointState, write
 // too many times in a row.
 var ErrConflictLimit = errors.New("too many compare-and-set conflicts")
 
+// ErrConflict is returned by Put when the record is not at the revision the
+// writer read any more (or, for a create, already exists).
+var ErrConflict = errors.New("endpoint record changed since it was read")
+
+// Put writes next as the record of next.Endpoint by compare-and-set on rev,
+// the revision the writer read (0: the record must not exist yet). It makes
+// one attempt and returns ErrConflict when another writer came first. It
+// returns next with Revision = the new KV revision.
+func (s *Store) Put(ctx context.Context, next events.EndpointState, rev uint64) (events.EndpointState, error) {
+	name := next.Endpoint
+	next.Revision = 0 // not stored: readers fill it from the entry
+	b, err := json.Marshal(next)
+	if err != nil {
+		return next, fmt.Errorf("encode endpoint %s: %w", name, err)
+	}
+	var nrev uint64
+	if rev > 0 {
+		nrev, err = s.KV.Update(ctx, name, b, rev)
+	} else {
+		nrev, err = s.KV.Create(ctx, name, b)
+	}
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		return next, fmt.Errorf("write endpoint %s at revision %d: %w", name, rev, ErrConflict)
+	}
+	if err != nil {
+		return next, fmt.Errorf("write endpoint %s: %w", name, err)
+	}
+	next.Revision = nrev
+	stampPending(&next, nrev)
+	return next, nil
+}
+
 // Update applies fn to the current record of name and writes the result by
 // compare-and-set on the revision it read, re-reading and re-applying on a
-// conflict, so that any number of writers stay correct. fresh makes the
-// record of an endpoint that has none. It returns the record as written
-// (Revision = the new KV revision) or as read when fn chose not to write.
+// conflict, so that any number of writers stay correct: fn may run several
+// times and must not have side effects that a retry would repeat. fresh
+// makes the record of an endpoint that has none (Revision 0). It returns the
+// record as written (Revision = the new KV revision) or as read when fn
+// chose not to write.
 func (s *Store) Update(ctx context.Context, name string, fresh func() events.EndpointState, fn UpdateFunc) (events.EndpointState, bool, error) {
 	for range 1000 {
 		cur, err := s.Get(ctx, name)
-		exists := true
 		if errors.Is(err, ErrNotFound) {
-			cur, exists, err = fresh(), false, nil
+			cur, err = fresh(), nil
+			cur.Revision = 0
 		}
 		if err != nil {
 			return cur, false, err
@@ -104,25 +151,17 @@ func (s *Store) Update(ctx context.Context, name string, fresh func() events.End
 		if err != nil || !write {
 			return cur, false, err
 		}
-		next.Revision = 0 // not stored: readers fill it from the entry
-		b, err := json.Marshal(next)
-		if err != nil {
-			return cur, false, fmt.Errorf("encode endpoint %s: %w", name, err)
+		if next.Endpoint != name {
+			return cur, false, fmt.Errorf("update endpoint %s: the next record is endpoint %q", name, next.Endpoint)
 		}
-		var rev uint64
-		if exists {
-			rev, err = s.KV.Update(ctx, name, b, cur.Revision)
-		} else {
-			rev, err = s.KV.Create(ctx, name, b)
-		}
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		written, err := s.Put(ctx, next, cur.Revision)
+		if errors.Is(err, ErrConflict) {
 			continue // someone else wrote first: re-read and re-apply
 		}
 		if err != nil {
-			return cur, false, fmt.Errorf("write endpoint %s: %w", name, err)
+			return cur, false, err
 		}
-		next.Revision = rev
-		return next, true, nil
+		return written, true, nil
 	}
 	return events.EndpointState{}, false, fmt.Errorf("update endpoint %s: %w", name, ErrConflictLimit)
 }

@@ -8,6 +8,7 @@
 package state
 
 import (
+	"sort"
 	"time"
 
 	"github.com/switchboard-llm/switchboard/events"
@@ -95,4 +96,21 @@ type Admission struct {
 	RetryAt time.Time
 	// Reason says why not, e.g. "breaker open until 12:00:05", "throttled", "drained".
 	Reason string
+}
+
+// QuotaPeers returns the other endpoints of endpoint's quota group, sorted;
+// none when it has no group.
+func (s Settings) QuotaPeers(endpoint string) []string {
+	g := s.QuotaGroups[endpoint]
+	if g == "" {
+		return nil
+	}
+	var out []string
+	for ep, eg := range s.QuotaGroups {
+		if eg == g && ep != endpoint {
+			out = append(out, ep)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
