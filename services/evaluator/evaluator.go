@@ -1,0 +1,381 @@
+package evaluator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchboard-llm/switchboard/events"
+	"github.com/switchboard-llm/switchboard/schemas"
+	"github.com/switchboard-llm/switchboard/services/internal/config"
+	"github.com/switchboard-llm/switchboard/services/internal/endpointkv"
+	"github.com/switchboard-llm/switchboard/services/internal/natsx"
+	"github.com/switchboard-llm/switchboard/services/internal/state"
+)
+
+// ConsumerName is the durable pull consumer on SWITCHBOARD_HEALTH that every
+// evaluator replica shares.
+const ConsumerName = "evaluator"
+
+// Consumer settings. MaxAckPending bounds the events in flight across all
+// replicas; AckWait is how long an event a dead replica held waits before it
+// is redelivered (other replicas apply it earlier when they catch up with a
+// later event of the same endpoint). Applying is idempotent, so a short
+// AckWait costs nothing but a duplicate delivery.
+const (
+	MaxAckPending = 1024
+	AckWait       = 10 * time.Second
+	pullBatch     = 128
+	// pullExpiry bounds how long a lost pull request can leave a replica
+	// idle: it is re-issued when two heartbeats (a fifth of it each) are
+	// missed. Right after the consumer is created in a cluster, the first
+	// pull may find no responder yet.
+	pullExpiry = 5 * time.Second
+	shards     = 32
+)
+
+// Options configure the evaluator.
+type Options struct {
+	Config     *config.Config
+	NC         *nats.Conn
+	JS         jetstream.JetStream
+	Log        *slog.Logger
+	Registerer prometheus.Registerer // nil = no metrics
+	// Now is the wall clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Service is one evaluator replica.
+type Service struct {
+	cfg      *config.Config
+	js       jetstream.JetStream
+	log      *slog.Logger
+	now      func() time.Time
+	settings state.Settings
+	known    map[string]bool
+	source   string
+	dec      events.Decoder
+	m        *metrics
+
+	ignored sync.Map // endpoint -> true once its first ignored event was logged
+	parsed  parseCache
+	// runEpoch invalidates every delivery run seen so far: it is bumped
+	// when a delivered event could not be applied (see runTracker).
+	runEpoch atomic.Uint64
+
+	// Set up by Run.
+	store *endpointkv.Store
+	view  *endpointkv.View
+	c     *committer
+}
+
+// New validates the options and makes the evaluator; Run starts it.
+func New(o Options) (*Service, error) {
+	if o.Config == nil {
+		return nil, errors.New("evaluator: Config is nil")
+	}
+	if o.JS == nil {
+		return nil, errors.New("evaluator: JS is nil")
+	}
+	if o.Log == nil {
+		return nil, errors.New("evaluator: Log is nil")
+	}
+	if o.Config.Evaluator.TickInterval <= 0 {
+		return nil, fmt.Errorf("evaluator: evaluator.tick_interval must be positive, got %s", o.Config.Evaluator.TickInterval)
+	}
+	if !events.ValidName(o.Config.Evaluator.Instance) {
+		return nil, fmt.Errorf("evaluator: evaluator.instance %q must match [A-Za-z0-9_-]+", o.Config.Evaluator.Instance)
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("evaluator: metrics: %w", err)
+	}
+	s := &Service{
+		cfg:      o.Config,
+		js:       o.JS,
+		log:      o.Log,
+		now:      o.Now,
+		settings: state.SettingsFrom(o.Config),
+		known:    map[string]bool{},
+		source:   "/evaluator/" + o.Config.Evaluator.Instance,
+		dec:      events.Decoder{Schema: schemas.Validate},
+		m:        m,
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	for _, ep := range o.Config.Endpoints {
+		s.known[ep.Name] = true
+	}
+	return s, nil
+}
+
+// Run evaluates until ctx ends; it returns nil on a clean shutdown. Events
+// in flight when it stops are negatively acknowledged (or, if it dies,
+// redelivered after AckWait) and applied by another replica.
+func (s *Service) Run(ctx context.Context) error {
+	if err := s.setup(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// The live view of every record: the timer's input and a read cache.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = s.view.Run(ctx) // returns only when ctx ends
+	}()
+	select {
+	case <-s.view.Ready():
+	case <-ctx.Done():
+		return nil
+	}
+
+	cons, err := s.consumer(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return err
+	}
+
+	// Per-endpoint serial processing within this replica: one queue per
+	// shard, an endpoint always in the same shard.
+	queues := make([]chan delivery, shards)
+	for i := range queues {
+		queues[i] = make(chan delivery, pullBatch)
+		wg.Add(1)
+		go func(q <-chan delivery) {
+			defer wg.Done()
+			for d := range q {
+				batch := takeBatch(q, d)
+				if ctx.Err() != nil {
+					for _, d := range batch {
+						_ = d.msg.Nak() // leave it to another replica at once
+					}
+					continue
+				}
+				s.handleBatch(ctx, batch)
+			}
+		}(queues[i])
+	}
+	var runs runTracker // used by the consume callback only: it runs on one goroutine
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		d := delivery{msg: msg, run: runs.next(msg, s.runEpoch.Load())}
+		select {
+		case queues[shardOf(msg.Subject())] <- d:
+		case <-ctx.Done():
+			_ = msg.Nak()
+		}
+	}, jetstream.PullMaxMessages(pullBatch), jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullExpiry/5),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, nats.ErrNoResponders) {
+				s.log.Debug("consume health events: no responder yet; the pull is retried", "err", err)
+				return
+			}
+			s.log.Warn("consume health events", "err", err)
+		}))
+	if err != nil {
+		cancel()
+		for _, q := range queues {
+			close(q)
+		}
+		return fmt.Errorf("evaluator: consume %s: %w", events.StreamHealth, err)
+	}
+
+	// The timer: time-driven transitions and the recovery of unpublished
+	// status changes.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.timer(ctx)
+	}()
+
+	s.log.Info("evaluator running", "endpoints", len(s.known), "source", s.source)
+	<-ctx.Done()
+	// Stop pulling, then let the shards hand back what they still hold.
+	cc.Stop()
+	<-cc.Closed()
+	for _, q := range queues {
+		close(q)
+	}
+	return nil
+}
+
+// setup binds the bucket and streams and makes a record for every
+// configured endpoint that has none, so that status lists them all.
+func (s *Service) setup(ctx context.Context) error {
+	store, err := endpointkv.Open(ctx, s.js)
+	if err != nil {
+		return fmt.Errorf("evaluator: %w", err)
+	}
+	s.store = store
+	if _, err = s.js.Stream(ctx, events.StreamHealth); err != nil {
+		return fmt.Errorf("evaluator: stream %s: %w", events.StreamHealth, err)
+	}
+	status, err := s.js.Stream(ctx, events.StreamStatus)
+	if err != nil {
+		return fmt.Errorf("evaluator: stream %s: %w", events.StreamStatus, err)
+	}
+	s.view = endpointkv.NewView(store.KV, s.log.With("component", "view"), s.m.observe)
+	s.c = newCommitter(store, status, natsx.Publisher{JS: s.js, Source: s.source}, s.log, s.m)
+	s.c.onWrite = s.view.Put
+	now := s.now()
+	for _, ep := range s.cfg.Endpoints {
+		_, err := store.Put(ctx, state.New(ep.Name, now), 0)
+		if err != nil && !errors.Is(err, endpointkv.ErrConflict) {
+			return fmt.Errorf("evaluator: create the record of endpoint %s: %w", ep.Name, err)
+		}
+	}
+	return nil
+}
+
+// consumer creates (or updates, identically) the shared durable consumer.
+func (s *Service) consumer(ctx context.Context) (jetstream.Consumer, error) {
+	cfg := jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
+		Description:   "state evaluator: probe results and request outcomes, shared by every replica",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       AckWait,
+		MaxAckPending: MaxAckPending,
+		MemoryStorage: true,
+	}
+	var c jetstream.Consumer
+	var err error
+	for attempt := 0; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		c, err = s.js.CreateOrUpdateConsumer(cctx, events.StreamHealth, cfg)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || attempt == 20 {
+			return nil, fmt.Errorf("evaluator: consumer %s on %s: %w", ConsumerName, events.StreamHealth, err)
+		}
+		s.log.Debug("create the health consumer; retrying", "err", err)
+		if !sleep(ctx, 100*time.Millisecond) { // replicas creating it at once can collide
+			return nil, ctx.Err()
+		}
+	}
+	// In a cluster the consumer answers pulls only once it has a leader; a
+	// pull before that is lost until its heartbeat times out.
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := c.Info(cctx)
+		cancel()
+		if err == nil && (info.Cluster == nil || info.Cluster.Leader != "") {
+			return c, nil
+		}
+		s.log.Debug("wait for the health consumer's leader", "err", err)
+		if !sleep(ctx, 50*time.Millisecond) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// sleep waits for d or until ctx ends, and reports whether ctx is alive.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// takeBatch returns first and whatever else q holds right now, up to
+// pullBatch messages.
+func takeBatch(q <-chan delivery, first delivery) []delivery {
+	batch := []delivery{first}
+	for len(batch) < pullBatch {
+		select {
+		case m, ok := <-q:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, m)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// shardOf maps a subject (so, an endpoint) to a shard.
+func shardOf(subject string) int {
+	h := fnv.New32a()
+	h.Write([]byte(subject[lastDot(subject)+1:]))
+	return int(h.Sum32() % shards)
+}
+
+func lastDot(s string) int {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '.' {
+			return i
+		}
+	}
+	return -1
+}
+
+// delivery is a message as this replica received it, with the run it came
+// in.
+type delivery struct {
+	msg jetstream.Msg
+	run run
+}
+
+// run places a message in a contiguous run of deliveries to this replica.
+//
+// The consumer delivers every message of the stream, in stream order, each
+// first delivery with the next consumer sequence. So when this replica
+// receives first deliveries with consecutive consumer sequences, it has
+// received every stream message from the run's first one on, and for an
+// endpoint whose record applied everything before that, no event of the
+// endpoint can be in flight elsewhere: the evaluator then skips asking the
+// stream for it. A redelivery or a gap in consumer sequences starts a new
+// run; an event that could not be applied bumps the epoch, which voids every
+// run seen so far (its later events may not skip it).
+type run struct {
+	start uint64 // stream sequence of the run's first message; 0: none
+	epoch uint64
+}
+
+// valid reports whether the run vouches for stream sequences from start on.
+func (r run) valid(epoch uint64) bool { return r.start > 0 && r.epoch == epoch }
+
+// runTracker follows the delivery runs of one consumer subscription.
+type runTracker struct {
+	lastConsumerSeq uint64
+	cur             run
+}
+
+func (t *runTracker) next(msg jetstream.Msg, epoch uint64) run {
+	md, err := msg.Metadata()
+	if err != nil || md.NumDelivered != 1 {
+		t.cur, t.lastConsumerSeq = run{}, 0
+		return run{}
+	}
+	if t.cur.start == 0 || t.cur.epoch != epoch || md.Sequence.Consumer != t.lastConsumerSeq+1 {
+		t.cur = run{start: md.Sequence.Stream, epoch: epoch}
+	}
+	t.lastConsumerSeq = md.Sequence.Consumer
+	return t.cur
+}
