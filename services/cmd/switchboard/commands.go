@@ -11,6 +11,7 @@ func subcommands(g *globals) []*cobra.Command {
 		// One service each, for production.
 		newProberCmd(g),
 		newEvaluatorCmd(g),
+		newWorkerCmd(g),
 		// Operators and users.
 		newStatusCmd(g),
 		newWatchCmd(g),

@@ -1,0 +1,540 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-llm/switchboard/events"
+	"github.com/switchboard-llm/switchboard/services/internal/lane"
+	"github.com/switchboard-llm/switchboard/services/internal/natsx"
+)
+
+// durable is the durable lane's intake: one message iterator per priority
+// consumer, each drained by a feeder goroutine into an unbuffered channel,
+// so a message leaves its iterator only when a slot takes it.
+type durable struct {
+	its   []jetstream.MessagesContext
+	feeds []chan jetstream.Msg // by priority, high first
+	quit  chan struct{}
+	wg    sync.WaitGroup
+}
+
+// startDurable opens the iterators and starts the feeders.
+func (s *Service) startDurable(consumers []jetstream.Consumer) (*durable, error) {
+	d := &durable{quit: make(chan struct{})}
+	for i, c := range consumers {
+		// Prefetch at most one message per slot: a prefetched message's
+		// AckWait is already running.
+		prefetch := s.cfg.Concurrency
+		if events.Priorities()[i] == events.PriorityLow {
+			prefetch = max(1, s.cfg.Concurrency/4)
+		}
+		it, err := c.Messages(jetstream.PullMaxMessages(prefetch))
+		if err != nil {
+			d.stop()
+			d.wait()
+			return nil, fmt.Errorf("worker: pull from consumer %s: %w", ConsumerName(events.Priorities()[i]), err)
+		}
+		d.its = append(d.its, it)
+		d.feeds = append(d.feeds, make(chan jetstream.Msg))
+	}
+	for i := range d.its {
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); s.feed(d, i) }()
+	}
+	return d, nil
+}
+
+// feed moves messages from iterator i to its channel until the iterator is
+// drained; a message it holds when the lane stops is NAKed for another
+// worker.
+func (s *Service) feed(d *durable, i int) {
+	for {
+		m, err := d.its[i].Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return
+		}
+		if err != nil {
+			s.log.Warn("pull jobs", "consumer", ConsumerName(events.Priorities()[i]), "err", err)
+			select {
+			case <-d.quit:
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		select {
+		case d.feeds[i] <- m:
+		case <-d.quit:
+			_ = m.Nak()
+		}
+	}
+}
+
+// stop stops pulling: the iterators drain (their buffered messages pass
+// through feed, which NAKs them) and the slots stop taking jobs.
+func (d *durable) stop() {
+	select {
+	case <-d.quit:
+	default:
+		close(d.quit)
+	}
+	for _, it := range d.its {
+		it.Drain()
+	}
+}
+
+// wait waits for the feeders.
+func (d *durable) wait() { d.wg.Wait() }
+
+// slot runs durable jobs one at a time until the lane stops, preferring
+// higher priorities.
+func (s *Service) slot(d *durable) {
+	for {
+		m := d.next()
+		if m == nil {
+			return
+		}
+		s.handleDurable(m)
+	}
+}
+
+// next returns the next job, high priority first when several wait; nil
+// when the lane stopped.
+func (d *durable) next() jetstream.Msg {
+	select {
+	case <-d.quit:
+		return nil
+	case m := <-d.feeds[0]:
+		return m
+	default:
+	}
+	select {
+	case m := <-d.feeds[0]:
+		return m
+	case m := <-d.feeds[1]:
+		return m
+	default:
+	}
+	select {
+	case <-d.quit:
+		return nil
+	case m := <-d.feeds[0]:
+		return m
+	case m := <-d.feeds[1]:
+		return m
+	case m := <-d.feeds[2]:
+		return m
+	}
+}
+
+// handleDurable runs one delivery of a durable job. It guarantees that the
+// message is acked only after the job's terminal record exists and its
+// finished event was acknowledged, and that a terminal record is never
+// overwritten.
+func (s *Service) handleDurable(m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		s.log.Error("job message without metadata", "subject", m.Subject(), "err", err)
+		_ = m.Term()
+		return
+	}
+	delivery := int(md.NumDelivered)
+	env, err := events.Decode(m.Data())
+	var job *events.JobSubmitted
+	if err == nil {
+		var ok bool
+		if job, ok = env.Data.(*events.JobSubmitted); !ok {
+			err = fmt.Errorf("event type %s is not %s", env.Type, events.TypeJobSubmitted)
+		}
+	}
+	if err != nil {
+		s.poison(m, err)
+		return
+	}
+	s.met.inflight.WithLabelValues(string(events.LaneDurable)).Inc()
+	defer s.met.inflight.WithLabelValues(string(events.LaneDurable)).Dec()
+
+	ctx := context.Background()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	rec, rev, found, err := s.records.get(rctx, job.ID)
+	cancel()
+	if err != nil {
+		s.log.Warn("read job record; retrying the job later", "job", job.ID, "err", err)
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if found && rec.Status.Terminal() {
+		// Finished before (a lost ack, a crash after the terminal write, a
+		// cancel): heal the finished event, which collapses if it exists.
+		s.publishFinished(m, &rec, nil, false)
+		return
+	}
+	cr, _ := events.ParseChatRequest(job.Request) // Decode validated it
+	if !found {
+		rec = lane.QueuedRecord(job, cr.Model, s.now())
+	}
+	if rec.Model == "" {
+		rec.Model = cr.Model
+	}
+	if delivery >= s.cfg.MaxDeliver && rec.Deliveries < delivery-1 {
+		// The last delivery JetStream will make, and an earlier one ended
+		// without a word: a worker died (or stalled) on this job. Running
+		// it again could die again and leave it stuck for good.
+		s.deadLetter(m, job, &rec, rev, found, delivery,
+			fmt.Sprintf("delivered %d times (max_deliver %d) without finishing: a worker crashed or stalled on it", delivery, s.cfg.MaxDeliver))
+		return
+	}
+
+	deadline := job.SubmittedAt.Add(s.cfg.JobTimeout)
+	if job.Deadline != nil {
+		deadline = *job.Deadline
+	}
+	budget := job.MaxAttempts
+	if budget == 0 {
+		budget = s.cfg.MaxAttempts
+	}
+	body, err := durableBody(job.Request, cr)
+	if err != nil {
+		s.poison(m, err)
+		return
+	}
+	r := &run{
+		job: job, lane: events.LaneDurable, model: cr.Model, body: body, deadline: deadline,
+		budget: budget, delivery: delivery, attempts: append([]events.Attempt(nil), rec.Attempts...),
+	}
+	now := s.now()
+	if rec.StartedAt == nil {
+		t := now.UTC()
+		rec.StartedAt = &t
+	}
+
+	// The job runs under the deadline, a cancel seen in its record, and the
+	// worker's hard stop.
+	jctx, jcancel := context.WithCancelCause(s.hard)
+	jctx, dcancel := context.WithDeadline(jctx, deadline)
+	js := &jobState{rec: rec, rev: rev, found: found}
+	kaDone := make(chan struct{})
+	kaStop := make(chan struct{})
+	go func() { defer close(kaDone); s.keepAlive(m, js, kaStop, jcancel) }()
+
+	res := s.execute(jctx, r)
+
+	close(kaStop)
+	<-kaDone
+	dcancel()
+	jcancel(nil)
+	rec, rev, found = js.rec, js.rev, js.found
+	rec.Attempts = r.attempts
+
+	now = s.now()
+	switch res.kind {
+	case kindWait:
+		if delivery < s.cfg.MaxDeliver {
+			s.wait(m, job, &rec, rev, found, delivery, res, now)
+			return
+		}
+		res.kind = kindFailed
+		res.err.Message = fmt.Sprintf("no endpoint could take the job within %d deliveries: %s", delivery, res.err.Message)
+	case kindCrashed: // a test's simulated crash: leave the message unacked
+		return
+	case kindAbandoned:
+		// Shutting down: keep the attempts (they count against the budget)
+		// and let another worker take the job now.
+		rec.Deliveries = delivery
+		rec.UpdatedAt = now.UTC()
+		wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, term, err := s.records.save(wctx, &rec, rev, found)
+		cancel()
+		if term != nil {
+			s.publishFinished(m, term, nil, false)
+			return
+		}
+		if err != nil {
+			s.log.Warn("record attempts of an abandoned job", "job", job.ID, "err", err)
+		}
+		_ = m.Nak()
+		return
+	case kindCancelled:
+		gctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cur, _, cfound, err := s.records.get(gctx, job.ID)
+		cancel()
+		if err == nil && cfound && cur.Status.Terminal() {
+			s.publishFinished(m, &cur, nil, false)
+			return
+		}
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	s.terminal(m, &rec, rev, found, delivery, res, now)
+}
+
+// terminal writes the job's terminal record from res, publishes the
+// finished event, fires the callback and acks.
+func (s *Service) terminal(m jetstream.Msg, rec *events.JobRecord, rev uint64, found bool, delivery int, res result, now time.Time) {
+	rec.Deliveries = delivery
+	rec.UpdatedAt = now.UTC()
+	fin := now.UTC()
+	rec.FinishedAt = &fin
+	if res.kind == kindSucceeded && len(res.response)+recordOverhead > int(s.o.NC.MaxPayload()) {
+		res = result{kind: kindFailed, endpoint: res.endpoint, err: &events.JobError{Class: events.ClassInternal,
+			Message: fmt.Sprintf("the response of %d bytes from %s is larger than the job store takes (NATS max payload %d)",
+				len(res.response), res.endpoint, s.o.NC.MaxPayload())}}
+	}
+	switch res.kind {
+	case kindSucceeded:
+		rec.Status = events.JobSucceeded
+		rec.Response = res.response
+		rec.Endpoint = res.endpoint
+		rec.Error = nil
+	case kindExpired:
+		rec.Status = events.JobExpired
+		rec.Error = res.err
+	default: // caller error, no model, failed
+		rec.Status = events.JobFailed
+		rec.Error = res.err
+		if res.kind == kindCallerError {
+			rec.Endpoint = res.endpoint
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	final, data, wrote, err := s.records.finish(ctx, rec, rev, found)
+	cancel()
+	if err != nil {
+		s.log.Warn("write terminal job record; retrying the job later", "job", rec.ID, "err", err)
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if wrote {
+		s.met.jobs.WithLabelValues(string(final.Status), string(events.LaneDurable)).Inc()
+		s.met.duration.WithLabelValues(string(events.LaneDurable)).Observe(now.Sub(final.SubmittedAt).Seconds())
+	}
+	s.publishFinished(m, final, data, wrote)
+}
+
+// recordOverhead is room in a record for everything but the response.
+const recordOverhead = 64 << 10
+
+// publishFinished publishes the finished event of a terminal record, fires
+// its callback when this worker wrote the record (or when the event had
+// never been published: the writer died before it), and acks the job. The
+// publish is asynchronous: the slot goes on to its next job while the
+// event is stored, and the job is acked only once JetStream acknowledged
+// the event; when the publish fails the job is NAKed, so that a redelivery
+// heals it.
+func (s *Service) publishFinished(m jetstream.Msg, rec *events.JobRecord, data []byte, wrote bool) {
+	if !wrote {
+		// Healing a terminal record someone else wrote: the event is most
+		// likely stored already. Looking first keeps it to one event even
+		// past the stream's duplicate window.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := s.results.GetLastMsgForSubject(ctx, events.JobDoneSubject(rec.ID))
+		cancel()
+		if err == nil {
+			_ = m.Ack()
+			return
+		}
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			s.log.Warn("look up job finished event; retrying the job later", "job", rec.ID, "err", err)
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+	}
+	fin := &events.JobFinished{JobRecord: *rec}
+	var msg *nats.Msg
+	var err error
+	if data != nil { // the record as written: the same JSON as the event's data
+		msg, err = s.enc.msgWithData(events.FinishedEventID(rec.ID), fin, data, s.now())
+	} else {
+		msg, err = s.enc.msg(events.FinishedEventID(rec.ID), fin, s.now())
+	}
+	if err != nil {
+		s.log.Error("encode job finished", "job", rec.ID, "err", err)
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	fut, err := s.finJS.PublishMsgAsync(msg)
+	if err != nil {
+		s.log.Warn("publish job finished; retrying the job later", "job", rec.ID, "err", err)
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	s.tails.Add(1)
+	go func() {
+		defer s.tails.Done()
+		select {
+		case ack := <-fut.Ok():
+			if rec.CallbackURL != "" && (wrote || !ack.Duplicate) {
+				s.cb.enqueue(rec)
+			}
+			_ = m.Ack()
+		case err := <-fut.Err():
+			s.log.Warn("publish job finished; retrying the job later", "job", rec.ID, "err", err)
+			_ = m.NakWithDelay(time.Second)
+		}
+	}()
+}
+
+// wait records that the job waits for an endpoint and NAKs it with a delay
+// until retryAt.
+func (s *Service) wait(m jetstream.Msg, job *events.JobSubmitted, rec *events.JobRecord, rev uint64, found bool, delivery int, res result, now time.Time) {
+	rec.Deliveries = delivery
+	rec.Error = res.err
+	rec.UpdatedAt = now.UTC()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_, term, err := s.records.save(ctx, rec, rev, found)
+	cancel()
+	if term != nil { // cancelled meanwhile
+		s.publishFinished(m, term, nil, false)
+		return
+	}
+	if err != nil {
+		s.log.Warn("record job wait", "job", job.ID, "err", err)
+	}
+	delay := max(res.retryAt.Sub(now), 0)
+	s.met.waits.Inc()
+	s.log.Debug("job waits for an endpoint", "job", job.ID, "delay", delay, "reason", res.err.Message)
+	_ = m.NakWithDelay(delay)
+}
+
+// poison dead-letters a job message that cannot be decoded and removes it.
+func (s *Service) poison(m jetstream.Msg, cause error) {
+	id := m.Headers().Get(jetstream.MsgIDHeader)
+	if !events.ValidName(id) {
+		id = "unknown"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := natsx.DeadLetter(ctx, s.o.JS, events.JobDeadSubject(id), m, "undecodable job: "+cause.Error()); err != nil {
+		s.log.Error("dead-letter an undecodable job; retrying later", "job", id, "err", err)
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	s.met.jobs.WithLabelValues("dead_letter", string(events.LaneDurable)).Inc()
+	s.log.Warn("undecodable job dead-lettered", "job", id, "err", cause)
+	_ = m.Term()
+}
+
+// deadLetter copies a job that keeps failing to be processed to the
+// dead-letter stream, ends its record as failed with the reason, publishes
+// its finished event and removes it from the work queue.
+func (s *Service) deadLetter(m jetstream.Msg, job *events.JobSubmitted, rec *events.JobRecord, rev uint64, found bool, delivery int, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := natsx.DeadLetter(ctx, s.o.JS, events.JobDeadSubject(job.ID), m, reason); err != nil {
+		s.log.Error("dead-letter a job", "job", job.ID, "err", err)
+		return // unacked: MaxDeliver reached, so it stays in the stream for an operator
+	}
+	now := s.now().UTC()
+	rec.Status = events.JobFailed
+	rec.DeadLetter = reason
+	rec.Deliveries = delivery
+	rec.Error = &events.JobError{Class: events.ClassInternal, Message: "dead-lettered: " + reason}
+	rec.FinishedAt, rec.UpdatedAt = &now, now
+	final, _, wrote, err := s.records.finish(ctx, rec, rev, found)
+	if err != nil {
+		s.log.Error("write dead-lettered job record", "job", job.ID, "err", err)
+		return
+	}
+	if wrote {
+		s.met.jobs.WithLabelValues("dead_letter", string(events.LaneDurable)).Inc()
+		s.met.duration.WithLabelValues(string(events.LaneDurable)).Observe(now.Sub(final.SubmittedAt).Seconds())
+	}
+	s.log.Warn("job dead-lettered", "job", job.ID, "reason", reason)
+	p := natsx.Publisher{JS: s.o.JS, Source: s.source}
+	ack, err := p.Publish(ctx, events.FinishedEventID(final.ID), &events.JobFinished{JobRecord: *final})
+	if err != nil {
+		s.log.Error("publish finished event of a dead-lettered job", "job", job.ID, "err", err)
+		return
+	}
+	if final.CallbackURL != "" && (wrote || !ack.Duplicate) {
+		s.cb.enqueue(final)
+	}
+	_ = m.Term()
+}
+
+// jobState is a running durable job's record as the worker last wrote or
+// read it, shared by the job's handler and its keep-alive.
+type jobState struct {
+	mu    sync.Mutex
+	rec   events.JobRecord
+	rev   uint64
+	found bool
+}
+
+// keepAlive tells JetStream the job is in progress every AckWait/3, writes
+// the record "running" once the job has run RunningAfter, and cancels the
+// job (errJobCancelled) when it finds the record terminal (a cancel).
+func (s *Service) keepAlive(m jetstream.Msg, js *jobState, stop <-chan struct{}, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(s.cfg.AckWait / 3)
+	defer tick.Stop()
+	after := s.o.RunningAfter
+	if after < 0 {
+		after = 0
+	}
+	running := time.NewTimer(after)
+	defer running.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-running.C:
+			if s.markRunning(js) {
+				cancel(errJobCancelled)
+			}
+		case <-tick.C:
+			_ = m.InProgress()
+			if s.checkCancelled(js) {
+				cancel(errJobCancelled)
+			}
+		}
+	}
+}
+
+// markRunning writes the record "running"; it reports whether it found the
+// record terminal instead.
+func (s *Service) markRunning(js *jobState) bool {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range 3 {
+		rec := js.rec
+		rec.Status = events.JobRunning
+		rec.UpdatedAt = s.now().UTC()
+		rev, err := s.records.put(ctx, &rec, js.rev, js.found)
+		if err == nil {
+			js.rec, js.rev, js.found = rec, rev, true
+			return false
+		}
+		if !errors.Is(err, errConflict) {
+			s.log.Warn("write job record running", "job", rec.ID, "err", err)
+			return false
+		}
+		cur, crev, cfound, err := s.records.get(ctx, rec.ID)
+		if err != nil {
+			return false
+		}
+		if cfound && cur.Status.Terminal() {
+			return true
+		}
+		js.rev, js.found = crev, cfound
+	}
+	return false
+}
+
+// checkCancelled re-reads the record and reports whether it is terminal.
+func (s *Service) checkCancelled(js *jobState) bool {
+	js.mu.Lock()
+	id := js.rec.ID
+	js.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cur, _, found, err := s.records.get(ctx, id)
+	return err == nil && found && cur.Status.Terminal()
+}
