@@ -12,10 +12,13 @@ func subcommands(g *globals) []*cobra.Command {
 		newProberCmd(g),
 		newEvaluatorCmd(g),
 		newWorkerCmd(g),
+		newGatewayCmd(g),
 		// Operators and users.
 		newStatusCmd(g),
 		newWatchCmd(g),
 		newEndpointCmd(g),
+		newSubmitCmd(g),
+		newJobsCmd(g),
 		newConfigCmd(g),
 	}
 }
