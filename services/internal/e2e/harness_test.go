@@ -1,0 +1,309 @@
+// Package e2e holds full-system end-to-end tests: real embedded NATS
+// (clusters included), real mock endpoints over HTTP, the real evaluator
+// and workers, and real worker processes killed with SIGKILL.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/switchboard-llm/switchboard/events"
+	"github.com/switchboard-llm/switchboard/services/internal/config"
+	"github.com/switchboard-llm/switchboard/services/internal/natsx"
+	"github.com/switchboard-llm/switchboard/services/mock"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envChildWorker) != "" {
+		os.Exit(childWorker())
+	}
+	goleak.VerifyTestMain(m)
+}
+
+func testLog() *slog.Logger {
+	if os.Getenv("SWITCHBOARD_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// mockEP is a running mock endpoint.
+type mockEP struct {
+	*mock.Server
+	name, url string
+}
+
+func startMock(t testing.TB, cfg mock.Config) *mockEP {
+	t.Helper()
+	srv, err := mock.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("mock %s: %v", cfg.Name, err)
+		}
+	})
+	return &mockEP{Server: srv, name: cfg.Name, url: "http://" + ln.Addr().String() + "/v1"}
+}
+
+func (m *mockEP) endpoint() config.Endpoint {
+	return config.Endpoint{Name: m.name, BaseURL: m.url, Models: []string{"m"}}
+}
+
+// connect connects to urls until the test ends.
+func connect(t testing.TB, urls string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// newJobs builds n job messages for model "m".
+func newJobs(t testing.TB, n int, prefix string) ([]*nats.Msg, []string) {
+	t.Helper()
+	msgs := make([]*nats.Msg, n)
+	ids := make([]string, n)
+	now := time.Now().UTC()
+	for i := range msgs {
+		j := &events.JobSubmitted{
+			ID:          fmt.Sprintf("%s-%05d", prefix, i),
+			Request:     json.RawMessage(fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":"job %d"}]}`, i)),
+			SubmittedAt: now,
+		}
+		m, err := natsx.EncodeMsg("/e2e", j.ID, j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs[i], ids[i] = m, j.ID
+	}
+	return msgs, ids
+}
+
+// submit publishes the jobs and waits for every ack (a job is accepted only
+// once JetStream acknowledged it).
+func submit(t testing.TB, js jetstream.JetStream, msgs []*nats.Msg) {
+	t.Helper()
+	const window = 500 // acks outstanding at most
+	for len(msgs) > 0 {
+		k := min(window, len(msgs))
+		var futs []jetstream.PubAckFuture
+		for _, m := range msgs[:k] {
+			f, err := js.PublishMsgAsync(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			futs = append(futs, f)
+		}
+		for _, f := range futs {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				t.Fatalf("submit %s: %v", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
+			case <-time.After(time.Minute):
+				t.Fatal("submit: no ack after a minute")
+			}
+		}
+		msgs = msgs[k:]
+	}
+}
+
+// doneWatcher counts finished events as they are published (a core
+// subscription on switchboard.jobs.done.>).
+type doneWatcher struct {
+	sub  *nats.Subscription
+	mu   sync.Mutex
+	seen map[string]int
+}
+
+func watchDone(t testing.TB, nc *nats.Conn) *doneWatcher {
+	t.Helper()
+	w := &doneWatcher{seen: map[string]int{}}
+	sub, err := nc.Subscribe(events.SubjectJobDoneAll, func(m *nats.Msg) {
+		w.mu.Lock()
+		w.seen[strings.TrimPrefix(m.Subject, "switchboard.jobs.done.")]++
+		w.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sub.SetPendingLimits(-1, -1)
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	w.sub = sub
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return w
+}
+
+func (w *doneWatcher) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.seen)
+}
+
+// results reads the whole RESULTS stream: the finished record of each job
+// and how many finished events each job has.
+func results(t testing.TB, js jetstream.JetStream) (map[string]events.JobRecord, map[string]int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var s jetstream.Stream
+	var info *jetstream.StreamInfo
+	var cons jetstream.Consumer
+	retry(t, ctx, "read the results stream", func() (err error) {
+		if s, err = js.Stream(ctx, events.StreamResults); err != nil {
+			return err
+		}
+		if info, err = s.Info(ctx); err != nil {
+			return err
+		}
+		cons, err = s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+		return err
+	})
+	recs := map[string]events.JobRecord{}
+	counts := map[string]int{}
+	for n := uint64(0); n < info.State.Msgs; {
+		var batch jetstream.MessageBatch
+		retry(t, ctx, "fetch", func() (err error) {
+			batch, err = cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+			return err
+		})
+		for m := range batch.Messages() {
+			n++
+			env, err := events.Decode(m.Data())
+			if err != nil {
+				t.Fatalf("finished event: %v", err)
+			}
+			rec := env.Data.(*events.JobFinished).JobRecord
+			counts[rec.ID]++
+			recs[rec.ID] = rec
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrNoResponders) {
+			t.Fatal(err)
+		}
+	}
+	return recs, counts
+}
+
+// records reads every job record in KV.
+func records(t testing.TB, js jetstream.JetStream) map[string]events.JobRecord {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var w jetstream.KeyWatcher
+	retry(t, ctx, "watch the job records", func() error {
+		kv, err := js.KeyValue(ctx, events.BucketJobs)
+		if err != nil {
+			return err
+		}
+		w, err = kv.WatchAll(ctx)
+		return err
+	})
+	defer w.Stop()
+	out := map[string]events.JobRecord{}
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		var rec events.JobRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			t.Fatalf("record %s: %v", e.Key(), err)
+		}
+		out[e.Key()] = rec
+	}
+	return out
+}
+
+// outcome is a request outcome with the worker that published it.
+type outcome struct {
+	*events.RequestOutcome
+	worker string
+}
+
+// outcomes reads every request outcome of endpoint.
+func outcomes(t testing.TB, js jetstream.JetStream, endpoint string) []outcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	subj := events.OutcomeSubject(endpoint)
+	var want uint64
+	var cons jetstream.Consumer
+	retry(t, ctx, "read the outcomes of "+endpoint, func() error {
+		s, err := js.Stream(ctx, events.StreamHealth)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(subj))
+		if err != nil {
+			return err
+		}
+		want = info.State.Subjects[subj]
+		cons, err = s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
+		return err
+	})
+	var out []outcome
+	for uint64(len(out)) < want {
+		var batch jetstream.MessageBatch
+		retry(t, ctx, "fetch", func() (err error) {
+			batch, err = cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+			return err
+		})
+		for m := range batch.Messages() {
+			env, err := events.Decode(m.Data())
+			if err != nil {
+				t.Fatalf("outcome event: %v", err)
+			}
+			out = append(out, outcome{env.Data.(*events.RequestOutcome), strings.TrimPrefix(env.Source, "/worker/")})
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrNoResponders) {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// retry runs op until it succeeds: in a loaded cluster a JetStream API
+// request may find no responder for a moment (a leader election).
+func retry(t testing.TB, ctx context.Context, what string, op func() error) {
+	t.Helper()
+	for {
+		err := op()
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		t.Logf("%s: %v; retrying", what, err)
+		time.Sleep(200 * time.Millisecond)
+	}
+}
