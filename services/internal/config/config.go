@@ -65,6 +65,11 @@ type Streams struct {
 	DLQMaxAge       time.Duration `yaml:"dlq_max_age"`
 	DuplicateWindow time.Duration `yaml:"duplicate_window"`
 	JobTTL          time.Duration `yaml:"job_ttl"`
+	// HealthFsync makes a single-replica SWITCHBOARD_HEALTH stream (probe
+	// results and request outcomes: telemetry, each superseded by the next)
+	// fsync every write like every other stream. By default it flushes
+	// asynchronously. Ignored with replicas > 1 (the Raft log covers it).
+	HealthFsync bool `yaml:"health_fsync"`
 }
 
 // Endpoint is one OpenAI-compatible base URL (DESIGN §2).

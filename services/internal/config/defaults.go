@@ -33,7 +33,7 @@ const (
 	DefaultProberAdmin    = "127.0.0.1:9101"
 	DefaultEvaluatorAdmin = "127.0.0.1:9102"
 	DefaultWorkerAdmin    = "127.0.0.1:9103"
-	DefaultNATSListen    = "127.0.0.1:4222"
+	DefaultNATSListen     = "127.0.0.1:4222"
 )
 
 // Default returns a configuration with every default filled and no endpoints.

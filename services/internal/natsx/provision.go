@@ -17,6 +17,17 @@ import (
 func Streams(cfg config.NATS) []jetstream.StreamConfig {
 	s := cfg.Streams
 	r := cfg.Replicas
+	// Probe results and request outcomes are telemetry: one per probe and
+	// per upstream call, each superseded by the next. On a single replica
+	// (where a write is otherwise fsynced before its ack) the HEALTH stream
+	// may flush asynchronously: a crash of the server loses at most the
+	// last writes, never a job, a result or a status change. Replicated
+	// streams are covered by their Raft log instead (and the server refuses
+	// async persistence on them).
+	healthPersist := jetstream.DefaultPersistMode
+	if r == 1 && !s.HealthFsync {
+		healthPersist = jetstream.AsyncPersistMode
+	}
 	return []jetstream.StreamConfig{
 		{
 			Name:        events.StreamHealth,
@@ -27,6 +38,7 @@ func Streams(cfg config.NATS) []jetstream.StreamConfig {
 			Duplicates:  2 * time.Minute,
 			Storage:     jetstream.FileStorage,
 			Replicas:    r,
+			PersistMode: healthPersist,
 		},
 		{
 			Name:        events.StreamStatus,

@@ -59,6 +59,8 @@ type Stack struct {
 	log   *slog.Logger
 	reg   *prometheus.Registry
 	Mocks []*MockEndpoint
+	// GatewayURL is the gateway's base URL once Run started it.
+	GatewayURL string
 }
 
 // New prepares a stack; Run starts it.
@@ -210,6 +212,7 @@ func (s *Stack) Run(ctx context.Context) error {
 func (s *Stack) banner(srv *natsx.Server) {
 	w := s.opts.Out
 	fmt.Fprintf(w, "  nats        %s  (subscribe: nats sub 'switchboard.>' --server %s)\n", srv.ClientURL(), srv.ClientURL())
+	fmt.Fprintf(w, "  gateway     %s/  (status page; OpenAI-compatible API at %s/v1)\n", s.GatewayURL, s.GatewayURL)
 	for _, m := range s.Mocks {
 		fmt.Fprintf(w, "  mock        %-6s %s\n", m.Name, m.URL)
 	}

@@ -19,12 +19,17 @@ import (
 
 // startDev runs the stack as `switchboard dev` does (built-in mocks, dev
 // timings) on a free port, and returns its NATS URL.
-func startDev(t *testing.T) (*stack.Stack, string) {
+func startDev(t *testing.T, tweak ...func(*config.Config)) (*stack.Stack, string) {
 	t.Helper()
 	var out syncBuffer
-	st, err := stack.New(stack.Options{Config: config.Default(), NATSListen: "127.0.0.1:0", StoreDir: t.TempDir(), Out: &out, DevTimings: true})
+	cfg := config.Default()
+	cfg.Gateway.Listen = "127.0.0.1:0"
+	st, err := stack.New(stack.Options{Config: cfg, NATSListen: "127.0.0.1:0", StoreDir: t.TempDir(), Out: &out, DevTimings: true})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range tweak {
+		f(st.Config())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
