@@ -57,7 +57,9 @@ func Encode(source, id string, p Payload) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(ev)
+	// The event's own MarshalJSON: json.Marshal would validate and compact
+	// the output a second time.
+	b, err := ev.MarshalJSON()
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", p.EventType(), err)
 	}
@@ -109,7 +111,9 @@ type Decoder struct {
 // dataschema other than the type's, and data that is not valid for its type.
 func (d Decoder) Decode(body []byte) (*Envelope, error) {
 	var ev event.Event
-	if err := json.Unmarshal(body, &ev); err != nil {
+	// The event's own UnmarshalJSON: json.Unmarshal would scan the body
+	// once more first to check that it is JSON, which the parser does too.
+	if err := ev.UnmarshalJSON(body); err != nil {
 		return nil, fmt.Errorf("%w: not a structured-mode CloudEvent: %v", ErrMalformed, err)
 	}
 	if err := ev.Validate(); err != nil {
