@@ -22,6 +22,7 @@ import (
 	"github.com/switchboard-llm/switchboard/schemas"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/mock"
+	"github.com/switchboard-llm/switchboard/services/mock/mocktest"
 )
 
 func TestMain(m *testing.M) {
@@ -46,14 +47,7 @@ const testVantage = "vt1"
 // URL. Cleanup releases hung requests before the HTTP server closes.
 func newMock(t testing.TB, cfg mock.Config) (*mock.Server, string) {
 	t.Helper()
-	s, err := mock.New(cfg)
-	if err != nil {
-		t.Fatalf("mock.New: %v", err)
-	}
-	ts := httptest.NewServer(s.Handler())
-	t.Cleanup(ts.Close)
-	t.Cleanup(s.Close)
-	return s, ts.URL + "/v1"
+	return mocktest.Start(t, cfg)
 }
 
 // newHandlerServer serves h on 127.0.0.1 and returns its base URL.

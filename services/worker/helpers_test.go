@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -23,6 +22,7 @@ import (
 	"github.com/switchboard-llm/switchboard/services/internal/natstest"
 	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 	"github.com/switchboard-llm/switchboard/services/mock"
+	"github.com/switchboard-llm/switchboard/services/mock/mocktest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -45,24 +45,8 @@ type mockEP struct {
 // startMock runs a mock endpoint on 127.0.0.1 until the test ends.
 func startMock(t testing.TB, cfg mock.Config) *mockEP {
 	t.Helper()
-	srv, err := mock.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("mock %s: %v", cfg.Name, err)
-		}
-	})
-	return &mockEP{Server: srv, name: cfg.Name, url: "http://" + ln.Addr().String() + "/v1"}
+	srv, url := mocktest.Start(t, cfg)
+	return &mockEP{Server: srv, name: cfg.Name, url: url}
 }
 
 // chatCalls is how many chat completions a mock answered (any status).

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -24,6 +23,7 @@ import (
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 	"github.com/switchboard-llm/switchboard/services/mock"
+	"github.com/switchboard-llm/switchboard/services/mock/mocktest"
 )
 
 func TestMain(m *testing.M) {
@@ -48,24 +48,8 @@ type mockEP struct {
 
 func startMock(t testing.TB, cfg mock.Config) *mockEP {
 	t.Helper()
-	srv, err := mock.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("mock %s: %v", cfg.Name, err)
-		}
-	})
-	return &mockEP{Server: srv, name: cfg.Name, url: "http://" + ln.Addr().String() + "/v1"}
+	srv, url := mocktest.Start(t, cfg)
+	return &mockEP{Server: srv, name: cfg.Name, url: url}
 }
 
 func (m *mockEP) endpoint() config.Endpoint {
