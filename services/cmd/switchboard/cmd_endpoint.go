@@ -1,17 +1,18 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"os/user"
 	"strings"
-	"syscall"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/switchboard-llm/switchboard/events"
 	"github.com/switchboard-llm/switchboard/services/evaluator"
+	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/state"
 )
 
@@ -65,20 +66,13 @@ func newEndpointSubCmd(g *globals, command state.Command, short string) *cobra.C
 			if err := events.CheckName("endpoint", name); err != nil {
 				return err
 			}
-			cfg, err := g.load()
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			log := g.logger()
-			nc, js, err := connect(ctx, cfg, "switchboard-endpoint", log)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
 			source := "/operator/" + operatorName()
-			res, err := evaluator.Operate(ctx, js, state.SettingsFrom(cfg), name, command, reason, source, log)
+			var res evaluator.OperatorResult
+			err := g.withNATS(cmd.Context(), "endpoint", func(ctx context.Context, cfg *config.Config, js jetstream.JetStream) error {
+				var err error
+				res, err = evaluator.Operate(ctx, js, state.SettingsFrom(cfg), name, command, reason, source, g.logger())
+				return err
+			})
 			if err != nil {
 				return err
 			}

@@ -6,16 +6,16 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/switchboard-llm/switchboard/events"
 	"github.com/switchboard-llm/switchboard/services/gateway"
+	"github.com/switchboard-llm/switchboard/services/internal/config"
 )
 
 func newJobsCmd(g *globals) *cobra.Command {
@@ -99,23 +99,14 @@ already finished cannot be cancelled: the command then exits 1 with its status.`
 // withJobs connects to NATS and runs fn with the jobs bucket until it
 // returns or SIGINT/SIGTERM.
 func withJobs(g *globals, fn func(ctx context.Context, jobs *gateway.Jobs) error) error {
-	cfg, err := g.load()
-	if err != nil {
-		return err
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	nc, js, err := connect(ctx, cfg, "switchboard-cli", g.logger())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	host, _ := os.Hostname()
-	jobs, err := gateway.OpenJobs(ctx, js, "/cli/"+host)
-	if err != nil {
-		return fmt.Errorf("%w (is Switchboard running against this NATS?)", err)
-	}
-	return fn(ctx, jobs)
+	return g.withNATS(context.Background(), "cli", func(ctx context.Context, _ *config.Config, js jetstream.JetStream) error {
+		host, _ := os.Hostname()
+		jobs, err := gateway.OpenJobs(ctx, js, "/cli/"+host)
+		if err != nil {
+			return fmt.Errorf("%w (is Switchboard running against this NATS?)", err)
+		}
+		return fn(ctx, jobs)
+	})
 }
 
 // waitJob returns the record of id once it is terminal or wait passed.

@@ -5,11 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"sort"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -17,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/switchboard-llm/switchboard/events"
+	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/endpointkv"
 	"github.com/switchboard-llm/switchboard/services/internal/state"
 )
@@ -40,43 +38,38 @@ stores them.`,
   switchboard status --nats-url nats://127.0.0.1:4222 --json | jq '.[] | {endpoint, health, breaker}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.load()
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			nc, js, err := connect(ctx, cfg, "switchboard-status", g.logger())
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			store, err := endpointkv.Open(ctx, js)
-			if err != nil {
-				return err
-			}
-			records, err := store.List(ctx)
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			if asJSON {
-				if records == nil {
-					records = []events.EndpointState{}
-				}
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(records)
-			}
-			if len(records) == 0 {
-				fmt.Fprintln(out, "no endpoint records yet (is an evaluator running?)")
-				return nil
-			}
-			return printStatus(out, state.SettingsFrom(cfg), records, time.Now())
+			return g.withNATS(cmd.Context(), "status", func(ctx context.Context, cfg *config.Config, js jetstream.JetStream) error {
+				return status(ctx, cmd.OutOrStdout(), cfg, js, asJSON)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the records as JSON")
 	return cmd
+}
+
+// status prints every endpoint record as a table or as JSON.
+func status(ctx context.Context, out io.Writer, cfg *config.Config, js jetstream.JetStream, asJSON bool) error {
+	store, err := endpointkv.Open(ctx, js)
+	if err != nil {
+		return err
+	}
+	records, err := store.List(ctx)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if records == nil {
+			records = []events.EndpointState{}
+		}
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(records)
+	}
+	if len(records) == 0 {
+		fmt.Fprintln(out, "no endpoint records yet (is an evaluator running?)")
+		return nil
+	}
+	return printStatus(out, state.SettingsFrom(cfg), records, time.Now())
 }
 
 // printStatus prints the status table.
@@ -212,18 +205,9 @@ one per line) instead. It runs until interrupted.`,
 			if since < 0 {
 				return fmt.Errorf("--since must be positive, got %s", since)
 			}
-			cfg, err := g.load()
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			nc, js, err := connect(ctx, cfg, "switchboard-watch", g.logger())
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			return watch(ctx, js, cmd.OutOrStdout(), args, since, asJSON)
+			return g.withNATS(cmd.Context(), "watch", func(ctx context.Context, _ *config.Config, js jetstream.JetStream) error {
+				return watch(ctx, js, cmd.OutOrStdout(), args, since, asJSON)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print each event as a JSON line")

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -90,4 +92,22 @@ func connect(ctx context.Context, cfg *config.Config, name string, log *slog.Log
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// withNATS is what every operator command does around its work: load the
+// config, connect to NATS as name, and run fn until it returns or SIGINT or
+// SIGTERM ends its context.
+func (g *globals) withNATS(ctx context.Context, name string, fn func(ctx context.Context, cfg *config.Config, js jetstream.JetStream) error) error {
+	cfg, err := g.load()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	nc, js, err := connect(ctx, cfg, "switchboard-"+name, g.logger())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return fn(ctx, cfg, js)
 }
