@@ -4,7 +4,6 @@
 GO      ?= go
 BIN     := bin/switchboard
 PKGS    := ./...
-BENCHTIME ?= 1x
 
 .PHONY: run build test vet compose-check bench fmt clean
 
@@ -27,10 +26,15 @@ compose-check:
 		docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid"; \
 	else echo "docker-compose not installed: docker-compose.yml not checked"; fi
 
-# Benchmarks: every target of the issues, each beside its baseline in the same run.
+# Benchmarks: every target of the issues, each beside its baseline measured
+# in the same run. Each line sets the iterations its benchmark needs.
+BENCH = $(GO) test -run '^$$' -benchmem -timeout 30m
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 60m \
-		./events/ ./services/prober/ ./services/evaluator/ ./services/worker/ ./services/gateway/
+	$(BENCH) -bench . ./events/
+	$(BENCH) -bench Prober1000 -benchtime 10x ./services/prober/
+	$(BENCH) -bench Evaluator -benchtime 5000x ./services/evaluator/
+	$(BENCH) -bench DurableVsBare -benchtime 3000x ./services/worker/
+	$(BENCH) -bench Interactive -benchtime 1x ./services/gateway/
 
 fmt:
 	gofmt -w events schemas services
