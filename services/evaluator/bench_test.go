@@ -10,11 +10,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-llm/switchboard/events"
+	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/endpointkv"
 	"github.com/switchboard-llm/switchboard/services/internal/natstest"
 )
 
-// BenchmarkEvaluator measures one evaluator and three replicas on a 3-node
+// BenchmarkEvaluator measures one evaluator and three replicas (pinned: one
+// applies, two stand by; shared: all three take events) on a 3-node
 // cluster (R3 streams and bucket, every write synced to disk), 20 endpoints:
 //
 //   - events/s: b.N probe results and request outcomes published at once, as
@@ -28,18 +30,22 @@ import (
 //
 // Run with a fixed count, e.g. -benchtime=5000x: every run starts a cluster.
 func BenchmarkEvaluator(b *testing.B) {
-	for _, replicas := range []int{1, 3} {
-		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) {
-			benchEvaluator(b, replicas)
+	for _, c := range []struct {
+		replicas int
+		consume  string
+	}{{1, config.ConsumePinned}, {3, config.ConsumePinned}, {3, config.ConsumeShared}} {
+		b.Run(fmt.Sprintf("replicas=%d/%s", c.replicas, c.consume), func(b *testing.B) {
+			benchEvaluator(b, c.replicas, c.consume)
 		})
 	}
 }
 
-func benchEvaluator(b *testing.B, replicas int) {
+func benchEvaluator(b *testing.B, replicas int, consume string) {
 	const endpoints = 20
 	per := max(b.N/endpoints, 1)
 	evs := generate(endpoints, per, 7)
 	cfg := streamConfig(b, endpoints)
+	cfg.Evaluator.Consume = consume
 
 	servers := natstest.RunCluster(b, 3)
 	var jss []jetstream.JetStream

@@ -36,11 +36,17 @@ const (
 	AckWait       = 10 * time.Second
 	pullBatch     = 128
 	// pullExpiry bounds how long a lost pull request can leave a replica
-	// idle: it is re-issued when two heartbeats (a fifth of it each) are
+	// idle: it is re-issued when two heartbeats (a third of it each) are
 	// missed. Right after the consumer is created in a cluster, the first
 	// pull may find no responder yet.
-	pullExpiry = 5 * time.Second
+	pullExpiry = 3 * time.Second
 	shards     = 32
+	// PriorityGroup is the consumer's priority group in pinned mode.
+	PriorityGroup = "evaluators"
+	// PinnedTTL is how long the server keeps a replica pinned after its last
+	// pull request: the longest a stopped replica's events wait for another.
+	// Twice the pull expiry, so that an idle pinned replica stays pinned.
+	PinnedTTL = 2 * pullExpiry
 )
 
 // Options configure the evaluator.
@@ -182,14 +188,14 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			_ = msg.Nak()
 		}
-	}, jetstream.PullMaxMessages(pullBatch), jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullExpiry/5),
+	}, s.consumeOpts(
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, nats.ErrNoResponders) {
 				s.log.Debug("consume health events: no responder yet; the pull is retried", "err", err)
 				return
 			}
 			s.log.Warn("consume health events", "err", err)
-		}))
+		}))...)
 	if err != nil {
 		cancel()
 		for _, q := range queues {
@@ -245,6 +251,18 @@ func (s *Service) setup(ctx context.Context) error {
 	return nil
 }
 
+// consumeOpts are the options of Consume: the pull batch and expiry, and in
+// pinned mode the priority group.
+func (s *Service) consumeOpts(extra ...jetstream.PullConsumeOpt) []jetstream.PullConsumeOpt {
+	opts := []jetstream.PullConsumeOpt{
+		jetstream.PullMaxMessages(pullBatch), jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullExpiry / 3),
+	}
+	if s.cfg.Evaluator.Consume == config.ConsumePinned {
+		opts = append(opts, jetstream.PullPriorityGroup(PriorityGroup))
+	}
+	return append(opts, extra...)
+}
+
 // consumer creates (or updates, identically) the shared durable consumer.
 func (s *Service) consumer(ctx context.Context) (jetstream.Consumer, error) {
 	cfg := jetstream.ConsumerConfig{
@@ -255,6 +273,15 @@ func (s *Service) consumer(ctx context.Context) (jetstream.Consumer, error) {
 		AckWait:       AckWait,
 		MaxAckPending: MaxAckPending,
 		MemoryStorage: true,
+	}
+	if s.cfg.Evaluator.Consume == config.ConsumePinned {
+		// One replica at a time: JetStream would otherwise hand each replica
+		// every third event, and every replica would hold some events of
+		// every endpoint, redoing the others' compare-and-set work.
+		cfg.Description = "state evaluator: probe results and request outcomes, applied by the pinned replica"
+		cfg.PriorityPolicy = jetstream.PriorityPolicyPinned
+		cfg.PriorityGroups = []string{PriorityGroup}
+		cfg.PinnedTTL = PinnedTTL
 	}
 	var c jetstream.Consumer
 	var err error

@@ -137,6 +137,9 @@ func streamConfig(t testing.TB, n int) *config.Config {
 		c.Breaker.ErrorRateWindow = 10 * time.Second
 		c.Breaker.MinRequests = 8
 		c.Evaluator.TickInterval = time.Hour
+		// Every replica takes events: the case where compare-and-set and the
+		// ordering by applied_seq carry the correctness.
+		c.Evaluator.Consume = config.ConsumeShared
 	}, names...)
 }
 

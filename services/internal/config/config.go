@@ -168,8 +168,20 @@ type Evaluator struct {
 	Instance string `yaml:"instance"`
 	// TickInterval is how often time-driven transitions are checked.
 	TickInterval time.Duration `yaml:"tick_interval"`
+	// Consume is how replicas share the health events: "pinned" (one replica
+	// applies them, the others stand by and take over within seconds when it
+	// stops) or "shared" (every replica takes events; compare-and-set keeps
+	// them correct, but they redo each other's work). Every replica must use
+	// the same mode.
+	Consume string `yaml:"consume"`
 	AdminListen  string        `yaml:"admin_listen"`
 }
+
+// How evaluator replicas share the health events.
+const (
+	ConsumePinned = "pinned"
+	ConsumeShared = "shared"
+)
 
 // Routing strategies of the workers.
 const (

@@ -129,6 +129,7 @@ func (c *Config) setDefaults() {
 	setStr(&e.Instance, hostname())
 	setDur(&e.TickInterval, 500*time.Millisecond)
 	setStr(&e.AdminListen, DefaultEvaluatorAdmin)
+	setStr(&e.Consume, ConsumePinned)
 
 	w := &c.Worker
 	setStr(&w.Instance, hostname())

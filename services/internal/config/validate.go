@@ -164,6 +164,9 @@ func (c *Config) validate(v *validator) {
 	if !events.ValidName(e.Instance) {
 		v.addf("evaluator.instance", "%q must match [A-Za-z0-9_-]+", e.Instance)
 	}
+	if e.Consume != ConsumePinned && e.Consume != ConsumeShared {
+		v.addf("evaluator.consume", "%q is not one of %s, %s", e.Consume, ConsumePinned, ConsumeShared)
+	}
 	if e.TickInterval <= 0 {
 		v.addf("evaluator.tick_interval", "must be positive, got %s", e.TickInterval)
 	}
