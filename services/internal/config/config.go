@@ -173,8 +173,8 @@ type Evaluator struct {
 	// stops) or "shared" (every replica takes events; compare-and-set keeps
 	// them correct, but they redo each other's work). Every replica must use
 	// the same mode.
-	Consume string `yaml:"consume"`
-	AdminListen  string        `yaml:"admin_listen"`
+	Consume     string `yaml:"consume"`
+	AdminListen string `yaml:"admin_listen"`
 }
 
 // How evaluator replicas share the health events.
