@@ -36,7 +36,7 @@ func sampleState() events.EndpointState {
 		ErrorRate: 0.6, LatencyEWMAMS: 412.5,
 		LastProbe: &events.ProbeView{At: t0, Vantage: "eu-1", Kind: events.ProbeModels, Outcome: events.ProbeFail, ErrorClass: events.ClassHTTP5xx, LatencyMS: 80, IntervalMS: 30000},
 		LastError: &events.ErrorView{At: t0, Class: events.ClassHTTP5xx, Message: "HTTP 503", StatusCode: 503, Source: "/prober/eu-1"},
-		Vantages:  map[string]events.ProbeView{"eu-1": {At: t0, Kind: events.ProbeModels, Outcome: events.ProbeFail, ErrorClass: events.ClassHTTP5xx, LatencyMS: 80}},
+		Vantages:  map[string]events.ProbeView{"eu-1/models": {At: t0, Vantage: "eu-1", Kind: events.ProbeModels, Outcome: events.ProbeFail, ErrorClass: events.ClassHTTP5xx, LatencyMS: 80}},
 		Requests:  10, Failures: 6, UpdatedAt: t0, Revision: 42,
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"time"
+	"unicode/utf8"
 )
 
 // Limits a job must respect.
@@ -210,5 +211,81 @@ func (f *JobFinished) Validate() error {
 	if f.FinishedAt == nil {
 		errs = append(errs, errors.New("finished_at is missing"))
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, f.JobRecord.check()...)...)
+}
+
+// check returns what the job record schema requires beyond the finished
+// event's own rules: the lane, the names, the attempts, the counters, the
+// response (an object) and the metadata limits.
+func (r *JobRecord) check() []error {
+	var errs []error
+	switch r.Lane {
+	case LaneDurable, LaneInteractive:
+	default:
+		errs = append(errs, fmt.Errorf("lane %q is not one of durable, interactive", r.Lane))
+	}
+	switch r.Priority {
+	case "", PriorityHigh, PriorityNormal, PriorityLow:
+	default:
+		errs = append(errs, fmt.Errorf("priority %q is not one of high, normal, low", r.Priority))
+	}
+	if r.Endpoint != "" {
+		if err := CheckName("endpoint", r.Endpoint); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i, a := range r.Attempts {
+		var aerrs []error
+		if a.N < 1 {
+			aerrs = append(aerrs, fmt.Errorf("n %d must be at least 1", a.N))
+		}
+		if err := CheckName("endpoint", a.Endpoint); err != nil {
+			aerrs = append(aerrs, err)
+		}
+		switch a.Outcome {
+		case RequestSuccess, RequestError:
+		default:
+			aerrs = append(aerrs, fmt.Errorf("outcome %q is not one of success, error", a.Outcome))
+		}
+		if a.ErrorClass != ClassNone && !a.ErrorClass.Known() {
+			aerrs = append(aerrs, fmt.Errorf("error_class %q is unknown", a.ErrorClass))
+		}
+		if a.LatencyMS < 0 {
+			aerrs = append(aerrs, errors.New("latency_ms must not be negative"))
+		}
+		for _, err := range aerrs {
+			errs = append(errs, fmt.Errorf("attempts[%d]: %w", i, err))
+		}
+	}
+	if len(r.Response) > 0 && firstByte(r.Response) != '{' {
+		errs = append(errs, errors.New("response is not a JSON object"))
+	}
+	if r.MaxAttempts < 0 {
+		errs = append(errs, fmt.Errorf("max_attempts %d must not be negative", r.MaxAttempts))
+	}
+	if r.Deliveries < 0 {
+		errs = append(errs, fmt.Errorf("deliveries %d must not be negative", r.Deliveries))
+	}
+	if len(r.Metadata) > MaxMetadataKeys {
+		errs = append(errs, fmt.Errorf("metadata has %d keys, at most %d allowed", len(r.Metadata), MaxMetadataKeys))
+	}
+	for k, v := range r.Metadata {
+		if len(v) > MaxMetadataLength && utf8.RuneCountInString(v) > MaxMetadataLength {
+			errs = append(errs, fmt.Errorf("metadata %q: values are at most %d characters", k, MaxMetadataLength))
+			break
+		}
+	}
+	return errs
+}
+
+// firstByte is the first byte of b that is not JSON white space (0 if none).
+func firstByte(b []byte) byte {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\n', '\r':
+		default:
+			return c
+		}
+	}
+	return 0
 }

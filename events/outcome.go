@@ -45,6 +45,11 @@ func (o *RequestOutcome) Validate() error {
 	if o.Model == "" {
 		errs = append(errs, errors.New("model is empty"))
 	}
+	if o.JobID != "" {
+		if err := CheckName("job_id", o.JobID); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	switch o.Lane {
 	case LaneDurable, LaneInteractive:
 	default:
@@ -68,6 +73,7 @@ func (o *RequestOutcome) Validate() error {
 	if o.LatencyMS < 0 || o.TTFTMS < 0 {
 		errs = append(errs, errors.New("latency_ms and ttft_ms must not be negative"))
 	}
+	errs = appendStatusAndError(errs, o.StatusCode, o.Error)
 	if o.StartedAt.IsZero() {
 		errs = append(errs, errors.New("started_at is missing"))
 	}

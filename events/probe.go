@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // ProbeResult is the data of a switchboard.probe.result.v1 event, published
@@ -70,10 +71,32 @@ func (p *ProbeResult) Validate() error {
 	if p.LatencyMS < 0 || p.TTFTMS < 0 {
 		errs = append(errs, errors.New("latency_ms and ttft_ms must not be negative"))
 	}
+	if p.IntervalMS < 0 {
+		errs = append(errs, fmt.Errorf("interval_ms %d must not be negative", p.IntervalMS))
+	}
+	errs = appendStatusAndError(errs, p.StatusCode, p.Error)
 	if p.StartedAt.IsZero() {
 		errs = append(errs, errors.New("started_at is missing"))
 	}
 	return errors.Join(errs...)
+}
+
+// MaxErrorLen is the most characters the error message of a probe result,
+// a request outcome or an attempt may have (the schemas' maxLength).
+// Producers cut theirs well below it.
+const MaxErrorLen = 2048
+
+// appendStatusAndError checks what the schemas require of status_code
+// (absent, or an HTTP status 100-599) and error (at most MaxErrorLen
+// characters).
+func appendStatusAndError(errs []error, status int, msg string) []error {
+	if status != 0 && (status < 100 || status > 599) {
+		errs = append(errs, fmt.Errorf("status_code %d is not an HTTP status (100-599)", status))
+	}
+	if len(msg) > MaxErrorLen && utf8.RuneCountInString(msg) > MaxErrorLen {
+		errs = append(errs, fmt.Errorf("error has %d characters, at most %d allowed", utf8.RuneCountInString(msg), MaxErrorLen))
+	}
+	return errs
 }
 
 // Known reports whether c is one of the classes this contract defines.

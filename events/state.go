@@ -44,10 +44,13 @@ type EndpointState struct {
 	LatencyEWMAMS float64 `json:"latency_ewma_ms"`
 	TTFTEWMAMS    float64 `json:"ttft_ewma_ms,omitempty"`
 
-	LastProbe     *ProbeView           `json:"last_probe,omitempty"`
-	LastError     *ErrorView           `json:"last_error,omitempty"`
-	LastSuccessAt *time.Time           `json:"last_success_at,omitempty"`
-	Vantages      map[string]ProbeView `json:"vantages,omitempty"`
+	LastProbe     *ProbeView `json:"last_probe,omitempty"`
+	LastError     *ErrorView `json:"last_error,omitempty"`
+	LastSuccessAt *time.Time `json:"last_success_at,omitempty"`
+	// Vantages is the latest probe of each kind from each vantage, keyed
+	// "<vantage>/<kind>" (e.g. "eu-west/models"); the probe quorum is
+	// judged per kind over these views.
+	Vantages map[string]ProbeView `json:"vantages,omitempty"`
 
 	Requests uint64 `json:"requests"`
 	Failures uint64 `json:"failures"`
