@@ -32,6 +32,10 @@ type event struct {
 	// run is the delivery run this replica received it in (none when
 	// fetched from the stream).
 	run run
+	// streamLast is, for an event this replica received, the least the
+	// stream's last sequence was when it was sent (its sequence plus the
+	// messages pending after it); 0 when unknown.
+	streamLast uint64
 }
 
 // errBadEvent marks an event that can never be applied.
@@ -58,24 +62,18 @@ func (s *Service) parse(subject string, data []byte, seq uint64) (event, error) 
 			return ev, fmt.Errorf("%w: a probe result for endpoint %q does not belong on %s", errBadEvent, p.Endpoint, subject)
 		}
 		ev.sig.Kind, ev.sig.Probe = state.SignalProbe, p
-		ev.observed = finished(p.StartedAt, p.LatencyMS)
+		ev.observed = state.Observed(p.StartedAt, p.LatencyMS)
 		if p.ErrorClass == events.ClassHTTP429 {
-			ev.throttleUntil = p.ThrottledUntil
-			if ev.throttleUntil == nil {
-				ev.throttleUntil = ptr(ev.observed.Add(state.DefaultThrottle))
-			}
+			ev.throttleUntil = throttleEnd(p.ThrottledUntil, ev.observed)
 		}
 	case *events.RequestOutcome:
 		if ev.typ != "outcome" || p.Endpoint != ev.endpoint {
 			return ev, fmt.Errorf("%w: a request outcome for endpoint %q does not belong on %s", errBadEvent, p.Endpoint, subject)
 		}
 		ev.sig.Kind, ev.sig.Outcome = state.SignalOutcome, p
-		ev.observed = finished(p.StartedAt, p.LatencyMS)
+		ev.observed = state.Observed(p.StartedAt, p.LatencyMS)
 		if p.Outcome == events.RequestError && p.ErrorClass == events.ClassHTTP429 {
-			ev.throttleUntil = p.ThrottledUntil
-			if ev.throttleUntil == nil {
-				ev.throttleUntil = ptr(ev.observed.Add(state.DefaultThrottle))
-			}
+			ev.throttleUntil = throttleEnd(p.ThrottledUntil, ev.observed)
 		}
 	default:
 		return ev, fmt.Errorf("%w: event type %s does not belong on %s", errBadEvent, env.Type, subject)
@@ -83,11 +81,16 @@ func (s *Service) parse(subject string, data []byte, seq uint64) (event, error) 
 	return ev, nil
 }
 
-func finished(start time.Time, latencyMS float64) time.Time {
-	return start.Add(time.Duration(latencyMS * float64(time.Millisecond)))
+// throttleEnd is when a 429 observed at observed ends: its hint, else
+// state.DefaultThrottle later (as the state machine does for the endpoint
+// itself).
+func throttleEnd(hint *time.Time, observed time.Time) *time.Time {
+	if hint != nil {
+		return hint
+	}
+	end := observed.Add(state.DefaultThrottle)
+	return &end
 }
-
-func ptr(t time.Time) *time.Time { return &t }
 
 // clock is the time an event is applied at: when it was observed, but never
 // after the wall clock and never before the record's own clock.
@@ -159,9 +162,14 @@ func (s *Service) handleBatch(ctx context.Context, batch []delivery) {
 			continue
 		}
 		ev.run = d.run
+		ev.streamLast = seq + md.NumPending
 		if !s.known[ev.endpoint] {
-			if _, seen := s.ignored.LoadOrStore(ev.endpoint, true); !seen {
+			switch s.ignored.add(ev.endpoint) {
+			case ignoredNew:
 				s.log.Warn("ignoring events for an endpoint not in the config", "endpoint", ev.endpoint, "subject", msg.Subject())
+			case ignoredFull:
+				s.log.Warn("ignoring events for more endpoints not in the config; no longer logging each",
+					"endpoint", ev.endpoint, "logged", maxIgnored)
 			}
 			s.m.events.WithLabelValues(ev.typ, ResultIgnored).Inc()
 			_ = msg.Ack()
@@ -234,27 +242,96 @@ func (s *Service) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64,
 // status are written together. It returns the sequences this call applied.
 func (s *Service) applyUpTo(ctx context.Context, ep string, target uint64, mine heldSet) (map[uint64]bool, error) {
 	applied := map[uint64]bool{}
+	var stale staleCheck
 	cur, err := s.read(ctx, ep, true)
 	if err != nil {
 		return applied, err
 	}
-	for range 1000 {
-		if cur.AppliedSeq >= target {
-			s.c.tidy(ctx, cur)
-			return applied, nil
-		}
-		cur, err = s.run(ctx, cur, target, mine, applied)
-		if errors.Is(err, endpointkv.ErrConflict) {
-			if cur, err = s.read(ctx, ep, false); err != nil {
-				return applied, err
-			}
-			continue
-		}
+	err = endpointkv.RetryConflicts(ctx, func() error {
+		fixed, err := stale.fix(ctx, s, cur, mine)
 		if err != nil {
-			return applied, err
+			return err
 		}
+		if fixed.AppliedSeq < target {
+			next, err := s.run(ctx, fixed, target, mine, applied)
+			if errors.Is(err, endpointkv.ErrConflict) {
+				// Someone else wrote first: re-read, then re-apply.
+				reread, rerr := s.read(ctx, ep, false)
+				if rerr != nil {
+					return rerr
+				}
+				cur = reread
+				return err
+			}
+			if err != nil {
+				return err
+			}
+			fixed = next
+		}
+		s.c.tidy(ctx, fixed)
+		return nil
+	})
+	if errors.Is(err, endpointkv.ErrConflictLimit) {
+		return applied, fmt.Errorf("apply the events of endpoint %s up to %d: %w", ep, target, err)
 	}
-	return applied, fmt.Errorf("apply the events of endpoint %s up to %d: %w", ep, target, endpointkv.ErrConflictLimit)
+	return applied, err
+}
+
+// staleCheck finds a record whose applied_seq the stream does not reach:
+// SWITCHBOARD_HEALTH was deleted and created again (its sequences restart
+// at 1), or a single server lost its last asynchronously flushed writes in
+// a crash. New events then reuse sequences at or below applied_seq, and
+// taken as duplicates they would be ignored until the stream passed the
+// old sequence.
+type staleCheck struct {
+	// last is the stream's last sequence when it was found below a record's
+	// applied_seq (0: not asked yet).
+	last uint64
+}
+
+// fix returns cur, or, when cur's applied_seq is beyond the stream's last
+// sequence, cur with applied_seq set just below the first event this
+// replica holds: those events, and the endpoint's later ones, are applied.
+// The stream is asked only when an event held looks applied and the
+// stream was not known to reach applied_seq when it was delivered.
+func (c *staleCheck) fix(ctx context.Context, s *Service, cur events.EndpointState, mine heldSet) (events.EndpointState, error) {
+	if len(mine.seqs) == 0 || cur.AppliedSeq < mine.seqs[0] {
+		return cur, nil // nothing held looks applied
+	}
+	if c.last == 0 || cur.AppliedSeq <= c.last {
+		var reach uint64 // the stream reached this when the events were sent
+		for _, ev := range mine.bySeq {
+			reach = max(reach, ev.streamLast)
+		}
+		if cur.AppliedSeq <= reach {
+			return cur, nil // real duplicates
+		}
+		last, err := s.healthLastSeq(ctx)
+		if err != nil {
+			return cur, fmt.Errorf("check applied_seq %d of endpoint %s against the stream: %w", cur.AppliedSeq, cur.Endpoint, err)
+		}
+		if cur.AppliedSeq <= last {
+			return cur, nil
+		}
+		c.last = last
+	}
+	from := mine.seqs[0] - 1
+	s.log.Warn("the record applied events beyond the stream's last sequence (the stream was recreated or lost its last writes); applying the events from the first one held",
+		"endpoint", cur.Endpoint, "applied_seq", cur.AppliedSeq, "stream_last_seq", c.last, "from", from+1)
+	s.m.staleSeqs.Inc()
+	cur.AppliedSeq = from
+	return cur, nil
+}
+
+// healthLastSeq asks for the last sequence of SWITCHBOARD_HEALTH.
+func (s *Service) healthLastSeq(ctx context.Context) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	str, err := s.js.Stream(ctx, events.StreamHealth)
+	if err != nil {
+		return 0, err
+	}
+	return str.CachedInfo().State.LastSeq, nil
 }
 
 // run applies, in memory, the events after cur.AppliedSeq up to target,
@@ -334,27 +411,27 @@ func (s *Service) run(ctx context.Context, cur events.EndpointState, target uint
 // throttlePeers extends the throttle of every other endpoint in ev's quota
 // group. A throttle only ever extends, so this is idempotent.
 func (s *Service) throttlePeers(ctx context.Context, ev event, t time.Time) error {
+	sig := state.Signal{Kind: state.SignalThrottle, ThrottleUntil: *ev.throttleUntil, ThrottleFrom: ev.endpoint,
+		EventID: ev.env.ID, EventType: ev.env.Type, Source: ev.env.Source}
 	for _, peer := range s.settings.QuotaPeers(ev.endpoint) {
-		sig := state.Signal{Kind: state.SignalThrottle, ThrottleUntil: *ev.throttleUntil, ThrottleFrom: ev.endpoint,
-			EventID: ev.env.ID, EventType: ev.env.Type, Source: ev.env.Source}
-		for range 1000 {
+		err := endpointkv.RetryConflicts(ctx, func() error {
 			cur, err := s.read(ctx, peer, false)
 			if err != nil {
 				return err
 			}
 			next, ch := state.Apply(s.settings, cur, sig, clock(cur, t, s.now()))
 			if !ch.Write {
-				break
+				return nil
 			}
 			w, err := s.c.commit(ctx, cur, next, ch, next.UpdatedAt)
-			if errors.Is(err, endpointkv.ErrConflict) {
-				continue
-			}
 			if err != nil {
-				return fmt.Errorf("throttle quota-group peer %s: %w", peer, err)
+				return err
 			}
 			s.c.tidy(ctx, w)
-			break
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("throttle quota-group peer %s: %w", peer, err)
 		}
 	}
 	return nil
@@ -493,4 +570,43 @@ func (c *parseCache) put(ev event) {
 	}
 	c.bySeq[ev.seq] = ev
 	c.order = append(c.order, ev.seq)
+}
+
+// maxIgnored bounds the names of endpoints not in the config that an
+// evaluator remembers (to log each once).
+const maxIgnored = 1024
+
+// What ignoredSet.add says about a name.
+const (
+	ignoredSeen = iota // logged before (or beyond the bound): do not log
+	ignoredNew         // the first event of this endpoint: log it
+	ignoredFull        // the first name beyond the bound: log that no more are logged
+)
+
+// ignoredSet remembers the endpoints not in the config whose events were
+// logged, so that each is logged once. Anyone can publish on any subject,
+// so it holds at most maxIgnored names.
+type ignoredSet struct {
+	mu    sync.Mutex
+	names map[string]bool
+	full  bool
+}
+
+func (s *ignoredSet) add(ep string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.names[ep]:
+		return ignoredSeen
+	case len(s.names) < maxIgnored:
+		if s.names == nil {
+			s.names = map[string]bool{}
+		}
+		s.names[ep] = true
+		return ignoredNew
+	case !s.full:
+		s.full = true
+		return ignoredFull
+	}
+	return ignoredSeen
 }

@@ -38,8 +38,12 @@ type committer struct {
 	mu sync.Mutex
 	// published is, per endpoint, the highest revision whose change this
 	// process knows to be in SWITCHBOARD_STATUS (so, by the ordering
-	// guarantee, every lower one is too).
+	// guarantee, every lower one is too). Revisions count in one life of the
+	// bucket: it is cleared when the bucket is found created again.
 	published map[string]uint64
+	// bucketCreated is when the bucket was created, as last checked (zero:
+	// not known), and checkedAt when that was.
+	bucketCreated, checkedAt time.Time
 }
 
 // maxPending bounds the unpublished status changes a record carries (each
@@ -70,6 +74,12 @@ func statusChange(st events.EndpointState, ch state.Change, at time.Time) events
 // an error: the change stays pending in the record for a later pass.
 func (c *committer) commit(ctx context.Context, cur, next events.EndpointState, ch state.Change, at time.Time) (events.EndpointState, error) {
 	ep := cur.Endpoint
+	if cur.Revision < c.knownPublished(ep) {
+		// A record is never older than a change it made: the bucket was
+		// deleted and created again (revisions restart), or cur is a stale
+		// copy. The first must not make new changes look published.
+		c.checkBucket(ctx)
+	}
 	next.Pending = c.settle(ctx, ep, cur.Pending, 0)
 	if ch.Changed() {
 		next.Pending = append(next.Pending, statusChange(next, ch, at))
@@ -185,7 +195,8 @@ func (c *committer) markPublished(ep string, rev uint64) {
 }
 
 // lastPublished is the revision of the last status change of ep in
-// SWITCHBOARD_STATUS (0 if none).
+// SWITCHBOARD_STATUS (0 if none, or if it was published before the bucket
+// was created: its revision counts in an earlier life of the bucket).
 func (c *committer) lastPublished(ctx context.Context, ep string) (uint64, error) {
 	m, err := c.status.GetLastMsgForSubject(ctx, events.StatusSubject(ep))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -194,7 +205,57 @@ func (c *committer) lastPublished(ctx context.Context, ep string) (uint64, error
 	if err != nil {
 		return 0, err
 	}
+	c.mu.Lock()
+	created := c.bucketCreated
+	c.mu.Unlock()
+	if m.Time.Before(created) {
+		return 0, nil
+	}
 	return revisionOf(ep, m.Header.Get(jetstream.MsgIDHeader))
+}
+
+// bucketCheckEvery is how often the timer checks whether the bucket was
+// created again.
+const bucketCheckEvery = 5 * time.Second
+
+// checkBucket reads when the bucket was created; when that changed, the
+// revisions this committer knew to be published belong to an earlier life
+// of the bucket and are forgotten.
+func (c *committer) checkBucket(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := c.store.KV.Status(ctx)
+	if err != nil {
+		c.log.Debug("check the endpoint bucket", "err", err)
+		return
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return
+	}
+	created := bs.StreamInfo().Created
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.checkedAt = time.Now()
+	if created.Equal(c.bucketCreated) {
+		return
+	}
+	if !c.bucketCreated.IsZero() {
+		c.log.Warn("the endpoint bucket was created again; forgetting which status changes were published",
+			"bucket", events.BucketEndpoints, "created", created)
+	}
+	c.bucketCreated = created
+	clear(c.published)
+}
+
+// checkBucketEvery runs checkBucket if the last check is bucketCheckEvery old.
+func (c *committer) checkBucketEvery(ctx context.Context) {
+	c.mu.Lock()
+	due := time.Since(c.checkedAt) >= bucketCheckEvery
+	c.mu.Unlock()
+	if due {
+		c.checkBucket(ctx)
+	}
 }
 
 // revisionOf parses a status-change id "<endpoint>@<revision>".

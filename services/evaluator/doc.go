@@ -31,6 +31,11 @@
 //     id.
 //   - Time-driven transitions (open -> half_open, lease expiry, throttle end)
 //     are made by a timer over a live view of every record, without traffic.
+//   - A replica never stops consuming while it runs: a consumer that is gone
+//     (deleted, lost by a restarted server, removed with its stream) is
+//     created again with backoff. A record whose applied_seq the stream no
+//     longer reaches (the stream was recreated or lost its last writes) is
+//     moved back, and a recreated bucket resets what is known published.
 //
 // The state machine runs on event time: an event is applied at the time it
 // was observed (its start plus its latency), never later than the wall clock

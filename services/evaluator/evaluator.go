@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,7 +73,7 @@ type Service struct {
 	dec      events.Decoder
 	m        *metrics
 
-	ignored sync.Map // endpoint -> true once its first ignored event was logged
+	ignored ignoredSet // endpoints not in the config whose events were logged
 	parsed  parseCache
 	// runEpoch invalidates every delivery run seen so far: it is bumped
 	// when a delivered event could not be applied (see runTracker).
@@ -84,7 +85,9 @@ type Service struct {
 	c     *committer
 }
 
-// New validates the options and makes the evaluator; Run starts it.
+// New checks the options and makes the evaluator; Run starts it. The config
+// must be validated (config.Load, Parse or Validate): New does not check it
+// again.
 func New(o Options) (*Service, error) {
 	if o.Config == nil {
 		return nil, errors.New("evaluator: Config is nil")
@@ -94,12 +97,6 @@ func New(o Options) (*Service, error) {
 	}
 	if o.Log == nil {
 		return nil, errors.New("evaluator: Log is nil")
-	}
-	if o.Config.Evaluator.TickInterval <= 0 {
-		return nil, fmt.Errorf("evaluator: evaluator.tick_interval must be positive, got %s", o.Config.Evaluator.TickInterval)
-	}
-	if !events.ValidName(o.Config.Evaluator.Instance) {
-		return nil, fmt.Errorf("evaluator: evaluator.instance %q must match [A-Za-z0-9_-]+", o.Config.Evaluator.Instance)
 	}
 	m, err := newMetrics(o.Registerer)
 	if err != nil {
@@ -163,11 +160,12 @@ func (s *Service) Run(ctx context.Context) error {
 	// Per-endpoint serial processing within this replica: one queue per
 	// shard, an endpoint always in the same shard.
 	queues := make([]chan delivery, shards)
+	var shardsDone sync.WaitGroup
 	for i := range queues {
 		queues[i] = make(chan delivery, pullBatch)
-		wg.Add(1)
+		shardsDone.Add(1)
 		go func(q <-chan delivery) {
-			defer wg.Done()
+			defer shardsDone.Done()
 			for d := range q {
 				batch := takeBatch(q, d)
 				if ctx.Err() != nil {
@@ -180,29 +178,12 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}(queues[i])
 	}
-	var runs runTracker // used by the consume callback only: it runs on one goroutine
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		d := delivery{msg: msg, run: runs.next(msg, s.runEpoch.Load())}
-		select {
-		case queues[shardOf(msg.Subject())] <- d:
-		case <-ctx.Done():
-			_ = msg.Nak()
-		}
-	}, s.consumeOpts(
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if errors.Is(err, nats.ErrNoResponders) {
-				s.log.Debug("consume health events: no responder yet; the pull is retried", "err", err)
-				return
-			}
-			s.log.Warn("consume health events", "err", err)
-		}))...)
-	if err != nil {
-		cancel()
+	defer func() {
 		for _, q := range queues {
 			close(q)
 		}
-		return fmt.Errorf("evaluator: consume %s: %w", events.StreamHealth, err)
-	}
+		shardsDone.Wait()
+	}()
 
 	// The timer: time-driven transitions and the recovery of unpublished
 	// status changes.
@@ -213,14 +194,111 @@ func (s *Service) Run(ctx context.Context) error {
 	}()
 
 	s.log.Info("evaluator running", "endpoints", len(s.known), "source", s.source)
-	<-ctx.Done()
-	// Stop pulling, then let the shards hand back what they still hold.
-	cc.Stop()
-	<-cc.Closed()
-	for _, q := range queues {
-		close(q)
-	}
+	s.consume(ctx, cons, queues)
 	return nil
+}
+
+// consumerCheckEvery is how often a replica checks that the consumer it
+// pulls from still exists.
+const consumerCheckEvery = 5 * time.Second
+
+// consume pulls health events into the shard queues until ctx ends. It
+// watches the consumer: when the subscription ends (the consumer was
+// deleted while a pull waited) or the consumer is gone (a standalone server
+// restarted without it, an operator deleted it, the stream was recreated),
+// it creates the consumer again, with backoff, and pulls from the new one.
+// It never gives up while ctx lives: a replica that stopped consuming would
+// otherwise look alive and apply nothing.
+func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, queues []chan delivery) {
+	backoff := time.Duration(0)
+	for {
+		if cons != nil {
+			started := time.Now()
+			why, err := s.consumeFrom(ctx, cons, queues)
+			if ctx.Err() != nil {
+				return
+			}
+			if time.Since(started) > consumerCheckEvery {
+				backoff = 0 // it ran for a while: this is a new failure
+			}
+			s.m.consumerRestarts.Inc()
+			s.log.Warn("health consumer lost; creating it again", "reason", why, "err", err)
+		}
+		backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
+		if !sleep(ctx, backoff) {
+			return
+		}
+		var err error
+		if cons, err = s.consumer(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.Error("create the health consumer; retrying", "err", err, "in", backoff)
+			cons = nil
+		}
+	}
+}
+
+// consumeFrom pulls from cons until ctx ends or the consumer is lost, and
+// says why it stopped. The subscription is stopped when it returns.
+func (s *Service) consumeFrom(ctx context.Context, cons jetstream.Consumer, queues []chan delivery) (string, error) {
+	// check is nudged by pull errors that may mean the consumer is gone.
+	check := make(chan struct{}, 1)
+	nudge := func() {
+		select {
+		case check <- struct{}{}:
+		default:
+		}
+	}
+	var runs runTracker // used by the consume callback only: it runs on one goroutine
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		d := delivery{msg: msg, run: runs.next(msg, s.runEpoch.Load())}
+		select {
+		case queues[shardOf(msg.Subject())] <- d:
+		case <-ctx.Done():
+			_ = msg.Nak()
+		}
+	}, s.consumeOpts(
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			switch {
+			case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrConsumerNotFound),
+				errors.Is(err, jetstream.ErrConsumerDeleted):
+				// No responder: in a cluster, the consumer has no leader yet
+				// (the pull is retried); on a standalone server, it may be gone.
+				s.log.Debug("consume health events: no consumer answered; checking it", "err", err)
+				nudge()
+			default:
+				s.log.Warn("consume health events", "err", err)
+			}
+		}))...)
+	if err != nil {
+		return "consume failed", fmt.Errorf("consume %s: %w", events.StreamHealth, err)
+	}
+	defer func() {
+		// Stop pulling, then let the shards hand back what they still hold.
+		cc.Stop()
+		<-cc.Closed()
+	}()
+	t := time.NewTicker(consumerCheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return "", nil
+		case <-cc.Closed():
+			return "the subscription ended", nil
+		case <-t.C:
+		case <-check:
+		}
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := cons.Info(ictx)
+		cancel()
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			return "the consumer does not exist", err
+		}
+		// Any other error (NATS unreachable) says nothing about the
+		// consumer: the subscription resumes when NATS is back.
+	}
 }
 
 // setup binds the bucket and streams and makes a record for every
@@ -241,6 +319,7 @@ func (s *Service) setup(ctx context.Context) error {
 	s.view = endpointkv.NewView(store.KV, s.log.With("component", "view"), s.m.observe)
 	s.c = newCommitter(store, status, natsx.Publisher{JS: s.js, Source: s.source}, s.log, s.m)
 	s.c.onWrite = s.view.Put
+	s.c.checkBucket(ctx)
 	now := s.now()
 	for _, ep := range s.cfg.Endpoints {
 		_, err := store.Put(ctx, state.New(ep.Name, now), 0)
@@ -272,7 +351,8 @@ func (s *Service) consumer(ctx context.Context) (jetstream.Consumer, error) {
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       AckWait,
 		MaxAckPending: MaxAckPending,
-		MemoryStorage: true,
+		// File-backed, like the stream: a standalone server restores it
+		// after a restart (a memory consumer is gone).
 	}
 	if s.cfg.Evaluator.Consume == config.ConsumePinned {
 		// One replica at a time: JetStream would otherwise hand each replica
@@ -292,6 +372,19 @@ func (s *Service) consumer(ctx context.Context) (jetstream.Consumer, error) {
 		if err == nil {
 			break
 		}
+		if storageChanged(err) {
+			// Made by an older evaluator in memory: the storage of a
+			// consumer cannot be updated, so it is made again. Its
+			// unacknowledged events are redelivered; applied ones are
+			// acknowledged as duplicates.
+			s.log.Warn("the health consumer is memory-backed; recreating it file-backed", "consumer", ConsumerName)
+			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if derr := s.js.DeleteConsumer(dctx, events.StreamHealth, ConsumerName); derr != nil && !errors.Is(derr, jetstream.ErrConsumerNotFound) {
+				s.log.Warn("delete the memory-backed health consumer", "err", derr)
+			}
+			cancel()
+			continue
+		}
 		if ctx.Err() != nil || attempt == 20 {
 			return nil, fmt.Errorf("evaluator: consumer %s on %s: %w", ConsumerName, events.StreamHealth, err)
 		}
@@ -302,18 +395,29 @@ func (s *Service) consumer(ctx context.Context) (jetstream.Consumer, error) {
 	}
 	// In a cluster the consumer answers pulls only once it has a leader; a
 	// pull before that is lost until its heartbeat times out.
-	for {
+	for waited := 0; ; waited++ {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		info, err := c.Info(cctx)
 		cancel()
 		if err == nil && (info.Cluster == nil || info.Cluster.Leader != "") {
 			return c, nil
 		}
+		if errors.Is(err, jetstream.ErrConsumerNotFound) && waited >= 100 {
+			// Deleted again since it was made: the caller makes it again.
+			return nil, fmt.Errorf("evaluator: consumer %s on %s: %w", ConsumerName, events.StreamHealth, err)
+		}
 		s.log.Debug("wait for the health consumer's leader", "err", err)
 		if !sleep(ctx, 50*time.Millisecond) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// storageChanged reports whether a consumer update failed because it would
+// change the consumer's storage type.
+func storageChanged(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "storage type can not be updated")
 }
 
 // sleep waits for d or until ctx ends, and reports whether ctx is alive.
@@ -349,17 +453,8 @@ func takeBatch(q <-chan delivery, first delivery) []delivery {
 // shardOf maps a subject (so, an endpoint) to a shard.
 func shardOf(subject string) int {
 	h := fnv.New32a()
-	h.Write([]byte(subject[lastDot(subject)+1:]))
+	h.Write([]byte(subject[strings.LastIndexByte(subject, '.')+1:]))
 	return int(h.Sum32() % shards)
-}
-
-func lastDot(s string) int {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '.' {
-			return i
-		}
-	}
-	return -1
 }
 
 // delivery is a message as this replica received it, with the run it came

@@ -25,6 +25,10 @@ type metrics struct {
 	conflicts       prometheus.Counter
 	republished     prometheus.Counter
 	publishFailures prometheus.Counter
+	// consumerRestarts counts health consumers lost and created again.
+	consumerRestarts prometheus.Counter
+	// staleSeqs counts records found ahead of SWITCHBOARD_HEALTH.
+	staleSeqs prometheus.Counter
 }
 
 // newMetrics makes the evaluator's metrics and registers them on reg (none
@@ -64,9 +68,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "switchboard_evaluator_publish_failures_total",
 			Help: "Status-change publishes that failed; the change stays pending in the record.",
 		}),
+		consumerRestarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_evaluator_consumer_restarts_total",
+			Help: "Times this evaluator found the health consumer gone (deleted, lost in a server restart) and created it again.",
+		}),
+		staleSeqs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_evaluator_stale_applied_seq_total",
+			Help: "Records whose applied_seq was beyond SWITCHBOARD_HEALTH's last sequence (the stream was recreated or lost writes) and was moved back.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.health, m.breaker, m.transitions, m.events, m.lag, m.conflicts, m.republished, m.publishFailures} {
+		for _, c := range []prometheus.Collector{m.health, m.breaker, m.transitions, m.events, m.lag, m.conflicts, m.republished, m.publishFailures,
+			m.consumerRestarts, m.staleSeqs} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

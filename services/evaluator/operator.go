@@ -50,33 +50,43 @@ func Operate(ctx context.Context, js jetstream.JetStream, s state.Settings, name
 	}
 	m, _ := newMetrics(nil)
 	c := newCommitter(store, status, natsx.Publisher{JS: js, Source: source}, log, m)
+	c.checkBucket(ctx)
 	sig := state.Signal{Kind: state.SignalOperator, Operator: cmd, Reason: reason, Source: source}
-	for range 1000 {
+	var res OperatorResult
+	err = endpointkv.RetryConflicts(ctx, func() error {
 		cur, err := store.Get(ctx, name)
 		if errors.Is(err, endpointkv.ErrNotFound) {
-			return OperatorResult{}, unknownEndpoint(ctx, store, name)
+			return unknownEndpoint(ctx, store, name)
 		}
 		if err != nil {
-			return OperatorResult{}, err
+			return err
 		}
 		now := clock(cur, time.Now(), time.Now())
 		next, ch := state.Apply(s, cur, sig, now)
 		if !ch.Write {
-			return OperatorResult{State: cur, Change: ch}, nil
+			res = OperatorResult{State: cur, Change: ch}
+			return nil
 		}
 		w, err := c.commit(ctx, cur, next, ch, now)
-		if errors.Is(err, endpointkv.ErrConflict) {
-			continue
-		}
 		if err != nil {
-			return OperatorResult{}, fmt.Errorf("%s endpoint %s: %w", cmd, name, err)
+			return err
 		}
-		if n := len(w.Pending); n > 0 && w.Pending[n-1].Revision > c.knownPublished(name) {
-			return OperatorResult{State: w, Change: ch}, fmt.Errorf("%s endpoint %s: written, but the status change is not published yet (an evaluator will publish it)", cmd, name)
-		}
-		return OperatorResult{State: c.tidy(ctx, w), Change: ch}, nil
+		res = OperatorResult{State: w, Change: ch}
+		return nil
+	})
+	switch {
+	case errors.Is(err, ErrUnknownEndpoint):
+		return OperatorResult{}, err
+	case err != nil:
+		return OperatorResult{}, fmt.Errorf("%s endpoint %s: %w", cmd, name, err)
+	case !res.Change.Write:
+		return res, nil
 	}
-	return OperatorResult{}, fmt.Errorf("%s endpoint %s: %w", cmd, name, endpointkv.ErrConflictLimit)
+	if n := len(res.State.Pending); n > 0 && res.State.Pending[n-1].Revision > c.knownPublished(name) {
+		return res, fmt.Errorf("%s endpoint %s: written, but the status change is not published yet (an evaluator will publish it)", cmd, name)
+	}
+	res.State = c.tidy(ctx, res.State)
+	return res, nil
 }
 
 func unknownEndpoint(ctx context.Context, store *endpointkv.Store, name string) error {

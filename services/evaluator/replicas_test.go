@@ -205,6 +205,7 @@ func testLeases(t *testing.T, servers []*natsx.Server, jss []jetstream.JetStream
 		c.Breaker.FailureThreshold = 2
 		c.Breaker.RecoveryTimeout = 300 * time.Millisecond
 		c.Breaker.TrialLeaseTTL = time.Minute
+		c.Worker.RequestTimeout = 30 * time.Second // a trial call ends before its lease
 		c.Breaker.HalfOpenRequests = 3
 	}, eps...)
 	settings := state.SettingsFrom(cfg)

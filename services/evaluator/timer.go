@@ -2,7 +2,6 @@ package evaluator
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/switchboard-llm/switchboard/services/internal/endpointkv"
@@ -32,6 +31,7 @@ func (s *Service) timer(ctx context.Context) {
 }
 
 func (s *Service) pass(ctx context.Context, pendingSeen map[string]uint64) {
+	s.c.checkBucketEvery(ctx)
 	now := s.now()
 	for ep, st := range s.view.Snapshot() {
 		if ctx.Err() != nil {
@@ -58,7 +58,7 @@ func (s *Service) pass(ctx context.Context, pendingSeen map[string]uint64) {
 
 // tick runs the time-driven transitions due now on one record.
 func (s *Service) tick(ctx context.Context, ep string) error {
-	for range 1000 {
+	return endpointkv.RetryConflicts(ctx, func() error {
 		cur, err := s.read(ctx, ep, false)
 		if err != nil {
 			return err
@@ -72,13 +72,10 @@ func (s *Service) tick(ctx context.Context, ep string) error {
 			return nil
 		}
 		w, err := s.c.commit(ctx, cur, next, ch, t)
-		if errors.Is(err, endpointkv.ErrConflict) {
-			continue
+		if err != nil {
+			return err
 		}
-		if err == nil {
-			s.c.tidy(ctx, w)
-		}
-		return err
-	}
-	return endpointkv.ErrConflictLimit
+		s.c.tidy(ctx, w)
+		return nil
+	})
 }

@@ -222,3 +222,5 @@ func counterValue(m prometheus.Metric) float64 {
 	}
 	return d.Gauge.GetValue()
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -157,7 +157,7 @@ func (r *probeRun) do(what, method, url string, body []byte) (*http.Response, bo
 		r.callFailed(what, err)
 		return nil, false
 	}
-	r.res.StatusCode = resp.StatusCode
+	r.res.StatusCode = upstream.EventStatus(resp.StatusCode)
 	return resp, true
 }
 
@@ -187,7 +187,7 @@ func (r *probeRun) callFailed(what string, err error) {
 // inconclusive, every other one fails.
 func (r *probeRun) statusFailed(resp *http.Response, body []byte) {
 	code := resp.StatusCode
-	r.res.StatusCode = code
+	r.res.StatusCode = upstream.EventStatus(code)
 	class := events.ClassOfStatus(code)
 	outcome := events.ProbeFail
 	switch class {
@@ -343,8 +343,10 @@ func (r *probeRun) completion() {
 			return
 		}
 		// The relay does not know max_completion_tokens: ask again, once,
-		// with max_tokens, and keep doing so if that works.
+		// with max_tokens, and keep doing so if that works. The result is
+		// that of the second request: its start, its latency.
 		r.start = time.Now()
+		r.res.StartedAt = r.start.UTC()
 		if resp, ok = r.do("completion (with max_tokens)", http.MethodPost, ep.chatURL, ep.chatBodyMaxTokens); !ok {
 			return
 		}

@@ -81,7 +81,9 @@ const (
 	drainTimeout   = 5 * time.Second
 )
 
-// New validates o and returns a Prober; it starts no goroutine.
+// New checks o and returns a Prober; it starts no goroutine. The config
+// must be validated (config.Load, Parse or Validate): New checks only what
+// the config cannot know, such as that there is something to probe.
 func New(o Options) (*Prober, error) {
 	if o.JS == nil {
 		return nil, fmt.Errorf("%w: JS is required to publish results", ErrInvalidOptions)
@@ -95,18 +97,12 @@ func newProber(o Options) (*Prober, error) {
 	}
 	cfg := o.Config
 	pc := cfg.Prober
-	var problems []string
-	if !events.ValidName(pc.Vantage) {
-		problems = append(problems, fmt.Sprintf("prober.vantage %q must match [A-Za-z0-9_-]+", pc.Vantage))
-	}
-	if pc.Jitter < 0 || pc.Jitter >= 1 {
-		problems = append(problems, fmt.Sprintf("prober.jitter must be in [0, 1), got %v", pc.Jitter))
-	}
-	if pc.MaxConcurrent < 1 {
-		problems = append(problems, fmt.Sprintf("prober.max_concurrent must be at least 1, got %d", pc.MaxConcurrent))
-	}
 	if len(cfg.Endpoints) == 0 {
-		problems = append(problems, "no endpoints are configured")
+		return nil, fmt.Errorf("%w: no endpoints are configured", ErrInvalidOptions)
+	}
+	jitter := config.DefaultJitter
+	if pc.Jitter != nil {
+		jitter = *pc.Jitter
 	}
 	log := o.Log
 	if log == nil {
@@ -118,7 +114,7 @@ func newProber(o Options) (*Prober, error) {
 		vantage:       pc.Vantage,
 		pub:           natsx.Publisher{JS: o.JS, Source: "/prober/" + pc.Vantage},
 		maxConcurrent: pc.MaxConcurrent,
-		jitter:        pc.Jitter,
+		jitter:        jitter,
 		rnd:           o.Rand,
 		m:             newMetrics(),
 		drainTimeout:  drainTimeout,
@@ -128,11 +124,7 @@ func newProber(o Options) (*Prober, error) {
 	}
 	hosts := map[string]bool{}
 	for i := range cfg.Endpoints {
-		ep, kinds, err := newEndpoint(&cfg.Endpoints[i], pc.Completion)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("endpoints[%d]: %v", i, err))
-			continue
-		}
+		ep, kinds := newEndpoint(&cfg.Endpoints[i], pc.Completion)
 		if len(kinds) == 0 {
 			log.Warn("endpoint has no probe to run", slog.String("endpoint", ep.name),
 				slog.Any("probes", cfg.Endpoints[i].Probes), slog.Bool("completion_enabled", pc.Completion.Enabled))
@@ -141,9 +133,6 @@ func newProber(o Options) (*Prober, error) {
 		for _, k := range kinds {
 			p.tasks = append(p.tasks, newTask(ep, k, p.m))
 		}
-	}
-	if len(problems) > 0 {
-		return nil, fmt.Errorf("%w: %s", ErrInvalidOptions, strings.Join(problems, "; "))
 	}
 
 	client := o.HTTPClient
@@ -166,32 +155,30 @@ func newProber(o Options) (*Prober, error) {
 	return p, nil
 }
 
-// newEndpoint reads what the prober needs of a configured endpoint and the
-// probe kinds to run on it, in the order health, models, completion.
-func newEndpoint(c *config.Endpoint, comp config.Completion) (*endpoint, []events.ProbeKind, error) {
-	if !events.ValidName(c.Name) {
-		return nil, nil, fmt.Errorf("name %q must match [A-Za-z0-9_-]+", c.Name)
-	}
-	u, err := url.Parse(c.BaseURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, nil, fmt.Errorf("endpoint %q: base_url is not an absolute http(s) URL", c.Name)
-	}
-	if c.CheckInterval <= 0 || c.Timeout <= 0 {
-		return nil, nil, fmt.Errorf("endpoint %q: check_interval and timeout must be positive (got %s and %s)", c.Name, c.CheckInterval, c.Timeout)
-	}
+// newEndpoint reads what the prober needs of a configured (validated)
+// endpoint and the probe kinds to run on it, in the order health, models,
+// completion.
+func newEndpoint(c *config.Endpoint, comp config.Completion) (*endpoint, []events.ProbeKind) {
 	base := strings.TrimRight(c.BaseURL, "/")
-	if _, err := url.Parse(base + c.HealthPath); err != nil {
-		return nil, nil, fmt.Errorf("endpoint %q: health_path %q does not make a URL: %v", c.Name, c.HealthPath, err)
+	host := ""
+	if u, err := url.Parse(c.BaseURL); err == nil {
+		host = u.Host
+	}
+	// The completion probe asks for the model as the endpoint serves it: a
+	// completion_model that is an alias is mapped like a caller's model.
+	model := c.CompletionModel
+	if served, ok := c.ServedModel(model); ok {
+		model = served
 	}
 	ep := &endpoint{
 		name:            c.Name,
-		host:            u.Host,
+		host:            host,
 		key:             c.APIKey,
 		models:          slices.Clone(c.Models),
 		healthURL:       base + c.HealthPath,
 		modelsURL:       base + "/models",
 		chatURL:         base + "/chat/completions",
-		completionModel: c.CompletionModel,
+		completionModel: model,
 		interval:        c.CheckInterval,
 		recheck:         c.RecheckInterval,
 		timeout:         c.Timeout,
@@ -204,18 +191,13 @@ func newEndpoint(c *config.Endpoint, comp config.Completion) (*endpoint, []event
 		if !slices.Contains(c.Probes, string(k)) {
 			continue
 		}
-		switch {
-		case k == events.ProbeHealth && c.HealthPath == "":
-			return nil, nil, fmt.Errorf("endpoint %q: the health probe needs health_path", c.Name)
-		case k == events.ProbeCompletion && !comp.Enabled:
+		if k == events.ProbeCompletion && !comp.Enabled {
 			continue // it costs tokens: only with prober.completion.enabled
-		case k == events.ProbeCompletion && c.CompletionModel == "":
-			return nil, nil, fmt.Errorf("endpoint %q: the completion probe needs completion_model or models", c.Name)
 		}
 		kinds = append(kinds, k)
 	}
 	ep.setChatBodies(comp.Prompt, comp.MaxTokens)
-	return ep, kinds, nil
+	return ep, kinds
 }
 
 // Run probes until ctx ends. It then cancels the probes in flight, waits for

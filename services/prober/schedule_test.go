@@ -77,7 +77,7 @@ func TestIntervalAndJitter(t *testing.T) {
 		eps = append(eps, ep)
 	}
 	cfg := testConfig(t, eps...)
-	cfg.Prober.Jitter = jitter
+	cfg.Prober.Jitter = ptr(jitter)
 	p, err := New(Options{Config: cfg, JS: js, Rand: seeded()})
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +240,7 @@ func TestNoOverlap(t *testing.T) {
 		eps = append(eps, ep)
 	}
 	cfg := testConfig(t, eps...)
-	cfg.Prober.Jitter = 0.5
+	cfg.Prober.Jitter = ptr(0.5)
 	tr := newCountingTransport()
 	p, err := New(Options{Config: cfg, JS: js, Rand: seeded(), HTTPClient: &http.Client{Transport: tr}})
 	if err != nil {
@@ -339,7 +339,7 @@ func TestRecheckAfterFailure(t *testing.T) {
 	ep := testEndpoint("rc", base, events.ProbeHealth)
 	ep.CheckInterval, ep.Timeout, ep.RecheckInterval = interval, time.Second, recheck
 	cfg := testConfig(t, ep)
-	cfg.Prober.Jitter = 0
+	cfg.Prober.Jitter = ptr(0.0)
 	p, err := New(Options{Config: cfg, JS: js, Rand: seeded()})
 	if err != nil {
 		t.Fatal(err)

@@ -59,10 +59,14 @@ type Embedded struct {
 
 // Streams sets retention of the streams and buckets.
 type Streams struct {
-	HealthMaxAge    time.Duration `yaml:"health_max_age"`
-	StatusMaxAge    time.Duration `yaml:"status_max_age"`
-	ResultsMaxAge   time.Duration `yaml:"results_max_age"`
-	DLQMaxAge       time.Duration `yaml:"dlq_max_age"`
+	HealthMaxAge  time.Duration `yaml:"health_max_age"`
+	StatusMaxAge  time.Duration `yaml:"status_max_age"`
+	ResultsMaxAge time.Duration `yaml:"results_max_age"`
+	DLQMaxAge     time.Duration `yaml:"dlq_max_age"`
+	// DuplicateWindow is the duplicate window of SWITCHBOARD_JOBS,
+	// SWITCHBOARD_RESULTS and SWITCHBOARD_DLQ. It can be no longer than any
+	// of their max ages; unset, it is DefaultDuplicateWindow or the
+	// shortest of them.
 	DuplicateWindow time.Duration `yaml:"duplicate_window"`
 	JobTTL          time.Duration `yaml:"job_ttl"`
 	// HealthFsync makes a single-replica SWITCHBOARD_HEALTH stream (probe
@@ -82,7 +86,9 @@ type Endpoint struct {
 	Models []string `yaml:"models"`
 	// Aliases maps a model name callers use to one of Models.
 	Aliases map[string]string `yaml:"aliases"`
-	Weight  float64           `yaml:"weight"`
+	// Weight scales the endpoint's share under the latency_weighted
+	// strategy; 0 (or unset) means the default, 1.
+	Weight float64 `yaml:"weight"`
 	// Tier orders endpoints for the tier strategy: 1 is primary.
 	Tier         int     `yaml:"tier"`
 	PricePerMTok float64 `yaml:"price_per_mtok"`
@@ -140,7 +146,9 @@ type Breaker struct {
 	ErrorRateWindow    time.Duration `yaml:"error_rate_window"`
 	MinRequests        int           `yaml:"min_requests"`
 	// TrialLeaseTTL is how long a half-open trial lease lives if its holder
-	// never reports.
+	// never reports. It must be longer than worker.request_timeout, or a
+	// trial call could outlive its lease; the default is request_timeout +
+	// TrialLeaseMargin.
 	TrialLeaseTTL time.Duration `yaml:"trial_lease_ttl"`
 }
 
@@ -148,8 +156,9 @@ type Breaker struct {
 type Prober struct {
 	// Vantage names this prober in event sources (/prober/<vantage>).
 	Vantage string `yaml:"vantage"`
-	// Jitter spreads probes: each interval is scaled by 1±jitter.
-	Jitter        float64    `yaml:"jitter"`
+	// Jitter spreads probes: each interval is scaled by 1±jitter. Unset
+	// (nil) means DefaultJitter; 0 means no jitter.
+	Jitter        *float64   `yaml:"jitter"`
 	MaxConcurrent int        `yaml:"max_concurrent"`
 	Completion    Completion `yaml:"completion"`
 	AdminListen   string     `yaml:"admin_listen"`
@@ -218,6 +227,9 @@ type Gateway struct {
 	APIKeys      []APIKey `yaml:"api_keys"`
 	MaxBodyBytes int64    `yaml:"max_body_bytes"`
 	Instance     string   `yaml:"instance"`
+	// RequestTimeout is an interactive call's deadline; 0 = the worker's
+	// request_timeout.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
 }
 
 // APIKey is one client key of the gateway.

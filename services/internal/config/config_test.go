@@ -117,6 +117,18 @@ func TestBadConfigs(t *testing.T) {
 		{"bad listen", "gateway:\n  listen: 8080\n", `bad.yaml:2: gateway.listen: "8080" is not host:port`},
 		{"gateway key without name", "gateway:\n  api_keys:\n    - key: ${OPENAI_KEY}\n", "bad.yaml:3: gateway.api_keys[0].name: is required"},
 		{"user without password", "nats:\n  user: svc\n", "bad.yaml:2: nats.password: is required with nats.user"},
+		{"health max age under the duplicate window", "nats:\n  streams:\n    health_max_age: 1m\n",
+			"bad.yaml:3: nats.streams.health_max_age: must be at least 2m0s, the stream's duplicate window, got 1m0s"},
+		{"status max age under the duplicate window", "nats:\n  streams:\n    status_max_age: 90s\n",
+			"bad.yaml:3: nats.streams.status_max_age: must be at least 2m0s, the stream's duplicate window, got 1m30s"},
+		{"duplicate window over job_ttl", "nats:\n  streams:\n    job_ttl: 5m\n    duplicate_window: 10m\n",
+			"bad.yaml:4: nats.streams.duplicate_window: must be at most job_ttl (5m0s): a stream's duplicate window cannot be longer than its max age; got 10m0s"},
+		{"duplicate window over dlq_max_age", "nats:\n  streams:\n    dlq_max_age: 1h\n    duplicate_window: 2h\n",
+			"bad.yaml:4: nats.streams.duplicate_window: must be at most dlq_max_age (1h0m0s): a stream's duplicate window cannot be longer than its max age; got 2h0m0s"},
+		{"trial lease not longer than a call", "breaker:\n  trial_lease_ttl: 10s\nworker:\n  request_timeout: 5m\n",
+			"bad.yaml:2: breaker.trial_lease_ttl: must be longer than worker.request_timeout (5m0s), or a trial call outlives its lease and more than half_open_requests trials run at once; got 10s"},
+		{"negative weight", ep("    weight: -1\n"), "bad.yaml:5: endpoints[0].weight: must be positive (0 or unset: the default, 1), got -1"},
+		{"jitter of 1", "prober:\n  jitter: 1\n", "bad.yaml:2: prober.jitter: must be in [0, 1) (0: no jitter), got 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -186,4 +198,48 @@ func TestLoadFileAndEmptyFile(t *testing.T) {
 	if _, err := config.Load(filepath.Join(dir, "missing.yaml")); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("missing file error = %v", err)
 	}
+}
+
+// TestZeroAndUnset: where 0 means something it is kept, where it means the
+// default the default is filled, and defaults that depend on other fields
+// follow them.
+func TestZeroAndUnset(t *testing.T) {
+	parse := func(t *testing.T, y string) *config.Config {
+		t.Helper()
+		c, err := config.Parse("c.yaml", []byte(y), testEnv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	t.Run("jitter 0 is no jitter", func(t *testing.T) {
+		if j := parse(t, "prober:\n  jitter: 0\n").Prober.Jitter; j == nil || *j != 0 {
+			t.Errorf("jitter = %v, want 0", j)
+		}
+		if j := parse(t, "").Prober.Jitter; j == nil || *j != config.DefaultJitter {
+			t.Errorf("unset jitter = %v, want %v", j, config.DefaultJitter)
+		}
+	})
+	t.Run("weight 0 is the default", func(t *testing.T) {
+		c := parse(t, "endpoints:\n  - {name: a, base_url: http://x/v1, models: [m], weight: 0}\n")
+		if w := c.Endpoints[0].Weight; w != 1 {
+			t.Errorf("weight = %v, want 1", w)
+		}
+	})
+	t.Run("the duplicate window fits the shortest max age", func(t *testing.T) {
+		if d := parse(t, "").NATS.Streams.DuplicateWindow; d != config.DefaultDuplicateWindow {
+			t.Errorf("duplicate_window = %s, want %s", d, config.DefaultDuplicateWindow)
+		}
+		if d := parse(t, "nats:\n  streams:\n    job_ttl: 5m\n").NATS.Streams.DuplicateWindow; d != 5*time.Minute {
+			t.Errorf("duplicate_window with job_ttl 5m = %s, want 5m", d)
+		}
+	})
+	t.Run("the trial lease outlives a call", func(t *testing.T) {
+		if d := parse(t, "").Breaker.TrialLeaseTTL; d != 120*time.Second+config.TrialLeaseMargin {
+			t.Errorf("trial_lease_ttl = %s, want request_timeout 2m + 30s", d)
+		}
+		if d := parse(t, "worker:\n  request_timeout: 5m\n").Breaker.TrialLeaseTTL; d != 5*time.Minute+config.TrialLeaseMargin {
+			t.Errorf("trial_lease_ttl with request_timeout 5m = %s, want 5m30s", d)
+		}
+	})
 }

@@ -25,7 +25,21 @@ const (
 	DefaultErrorRateThreshold = 0.5
 	DefaultErrorRateWindow    = 60 * time.Second
 	DefaultMinRequests        = 20
-	DefaultTrialLeaseTTL      = 2 * time.Minute
+	// TrialLeaseMargin is how much longer than worker.request_timeout a
+	// trial lease lives by default (breaker.trial_lease_ttl unset).
+	TrialLeaseMargin = 30 * time.Second
+
+	// DefaultJitter spreads probe intervals by ±10% (prober.jitter unset).
+	DefaultJitter = 0.1
+
+	// DefaultDuplicateWindow is the duplicate window of the streams that
+	// carry commands and results (nats.streams.duplicate_window unset), cut
+	// to the shortest of their max ages.
+	DefaultDuplicateWindow = 10 * time.Minute
+	// EventDuplicateWindow is the fixed duplicate window of
+	// SWITCHBOARD_HEALTH and SWITCHBOARD_STATUS: their max ages must be at
+	// least as long.
+	EventDuplicateWindow = 2 * time.Minute
 
 	DefaultGatewayListen = "127.0.0.1:8080"
 	// Admin ports (/metrics, /healthz, /readyz) of the services that have no
@@ -95,8 +109,8 @@ func (c *Config) setDefaults() {
 	setDur(&s.StatusMaxAge, 7*24*time.Hour)
 	setDur(&s.ResultsMaxAge, 24*time.Hour)
 	setDur(&s.DLQMaxAge, 14*24*time.Hour)
-	setDur(&s.DuplicateWindow, 10*time.Minute)
 	setDur(&s.JobTTL, 24*time.Hour)
+	setDur(&s.DuplicateWindow, min(DefaultDuplicateWindow, s.JobTTL, s.ResultsMaxAge, s.DLQMaxAge))
 
 	h := &c.Health
 	setDur(&h.CheckInterval, DefaultCheckInterval)
@@ -115,11 +129,13 @@ func (c *Config) setDefaults() {
 	setFloat(&b.ErrorRateThreshold, DefaultErrorRateThreshold)
 	setDur(&b.ErrorRateWindow, DefaultErrorRateWindow)
 	setInt(&b.MinRequests, DefaultMinRequests)
-	setDur(&b.TrialLeaseTTL, DefaultTrialLeaseTTL)
 
 	p := &c.Prober
 	setStr(&p.Vantage, hostname())
-	setFloat(&p.Jitter, 0.1)
+	if p.Jitter == nil {
+		j := DefaultJitter
+		p.Jitter = &j
+	}
 	setInt(&p.MaxConcurrent, 64)
 	setStr(&p.Completion.Prompt, "Reply with the single word: OK")
 	setInt(&p.Completion.MaxTokens, 256)
@@ -142,6 +158,8 @@ func (c *Config) setDefaults() {
 	setInt(&w.MaxDeliver, 5)
 	setInt(&w.MaxAckPending, 1024)
 	setStr(&w.AdminListen, DefaultWorkerAdmin)
+	// After the worker's: a trial lease outlives the call it admits.
+	setDur(&b.TrialLeaseTTL, w.RequestTimeout+TrialLeaseMargin)
 
 	g := &c.Gateway
 	setStr(&g.Listen, DefaultGatewayListen)

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/switchboard-llm/switchboard/events"
 )
@@ -143,14 +144,17 @@ func (c *Config) validate(v *validator) {
 	}
 	if b.TrialLeaseTTL <= 0 {
 		v.addf("breaker.trial_lease_ttl", "must be positive, got %s", b.TrialLeaseTTL)
+	} else if rt := c.Worker.RequestTimeout; b.TrialLeaseTTL <= rt {
+		v.addf("breaker.trial_lease_ttl", "must be longer than worker.request_timeout (%s), or a trial call outlives its lease and more than half_open_requests trials run at once; got %s",
+			rt, b.TrialLeaseTTL)
 	}
 
 	p := c.Prober
 	if !events.ValidName(p.Vantage) {
 		v.addf("prober.vantage", "%q must match [A-Za-z0-9_-]+", p.Vantage)
 	}
-	if p.Jitter < 0 || p.Jitter >= 1 {
-		v.addf("prober.jitter", "must be in [0, 1), got %v", p.Jitter)
+	if p.Jitter != nil && (*p.Jitter < 0 || *p.Jitter >= 1) {
+		v.addf("prober.jitter", "must be in [0, 1) (0: no jitter), got %v", *p.Jitter)
 	}
 	if p.MaxConcurrent < 1 {
 		v.addf("prober.max_concurrent", "must be at least 1, got %d", p.MaxConcurrent)
@@ -209,6 +213,9 @@ func (c *Config) validate(v *validator) {
 	checkListen(v, "gateway.listen", g.Listen)
 	if g.MaxBodyBytes < 1024 {
 		v.addf("gateway.max_body_bytes", "must be at least 1024, got %d", g.MaxBodyBytes)
+	}
+	if g.RequestTimeout < 0 {
+		v.addf("gateway.request_timeout", "must not be negative, got %s", g.RequestTimeout)
 	}
 	seen := map[string]int{}
 	for i, k := range g.APIKeys {
@@ -289,6 +296,27 @@ func (c *Config) validateNATS(v *validator) {
 			v.addf(field, "must be positive")
 		}
 	}
+	// A stream's duplicate window cannot be longer than its max age: the
+	// server would refuse the stream when a service provisions it.
+	for _, f := range []struct {
+		field string
+		d     time.Duration
+	}{{"nats.streams.health_max_age", s.HealthMaxAge}, {"nats.streams.status_max_age", s.StatusMaxAge}} {
+		if f.d > 0 && f.d < EventDuplicateWindow {
+			v.addf(f.field, "must be at least %s, the stream's duplicate window, got %s", EventDuplicateWindow, f.d)
+		}
+	}
+	shortest, name := s.JobTTL, "job_ttl"
+	if s.ResultsMaxAge < shortest {
+		shortest, name = s.ResultsMaxAge, "results_max_age"
+	}
+	if s.DLQMaxAge < shortest {
+		shortest, name = s.DLQMaxAge, "dlq_max_age"
+	}
+	if s.DuplicateWindow > shortest && shortest > 0 {
+		v.addf("nats.streams.duplicate_window", "must be at most %s (%s): a stream's duplicate window cannot be longer than its max age; got %s",
+			name, shortest, s.DuplicateWindow)
+	}
 }
 
 var probeKinds = map[string]bool{
@@ -335,7 +363,7 @@ func (c *Config) validateEndpoints(v *validator) {
 			}
 		}
 		if ep.Weight < 0 {
-			v.addf(f+".weight", "must not be negative, got %v", ep.Weight)
+			v.addf(f+".weight", "must be positive (0 or unset: the default, 1), got %v", ep.Weight)
 		}
 		if ep.Tier < 1 {
 			v.addf(f+".tier", "must be at least 1 (1 is primary), got %d", ep.Tier)

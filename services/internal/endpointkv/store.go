@@ -95,7 +95,7 @@ func (s *Store) List(ctx context.Context) ([]events.EndpointState, error) {
 type UpdateFunc func(cur events.EndpointState) (next events.EndpointState, write bool, err error)
 
 // ErrConflictLimit is returned when an update lost the compare-and-set race
-// too many times in a row.
+// too many times in a row (MaxConflicts).
 var ErrConflictLimit = errors.New("too many compare-and-set conflicts")
 
 // ErrConflict is returned by Put when the record is not at the revision the
@@ -132,36 +132,41 @@ func (s *Store) Put(ctx context.Context, next events.EndpointState, rev uint64) 
 
 // Update applies fn to the current record of name and writes the result by
 // compare-and-set on the revision it read, re-reading and re-applying on a
-// conflict, so that any number of writers stay correct: fn may run several
-// times and must not have side effects that a retry would repeat. fresh
+// conflict (after a short jittered wait, see RetryConflicts), so that any
+// number of writers stay correct: fn may run several times and must not
+// have side effects that a retry would repeat. fresh
 // makes the record of an endpoint that has none (Revision 0). It returns the
 // record as written (Revision = the new KV revision) or as read when fn
 // chose not to write.
 func (s *Store) Update(ctx context.Context, name string, fresh func() events.EndpointState, fn UpdateFunc) (events.EndpointState, bool, error) {
-	for range 1000 {
+	var out events.EndpointState
+	var wrote bool
+	err := RetryConflicts(ctx, func() error {
 		cur, err := s.Get(ctx, name)
 		if errors.Is(err, ErrNotFound) {
 			cur, err = fresh(), nil
 			cur.Revision = 0
 		}
+		out, wrote = cur, false
 		if err != nil {
-			return cur, false, err
+			return err
 		}
 		next, write, err := fn(cur)
 		if err != nil || !write {
-			return cur, false, err
+			return err
 		}
 		if next.Endpoint != name {
-			return cur, false, fmt.Errorf("update endpoint %s: the next record is endpoint %q", name, next.Endpoint)
+			return fmt.Errorf("update endpoint %s: the next record is endpoint %q", name, next.Endpoint)
 		}
 		written, err := s.Put(ctx, next, cur.Revision)
-		if errors.Is(err, ErrConflict) {
-			continue // someone else wrote first: re-read and re-apply
-		}
 		if err != nil {
-			return cur, false, err
+			return err // on a conflict someone else wrote first: re-read and re-apply
 		}
-		return written, true, nil
+		out, wrote = written, true
+		return nil
+	})
+	if errors.Is(err, ErrConflictLimit) {
+		return events.EndpointState{}, false, fmt.Errorf("update endpoint %s: %w", name, err)
 	}
-	return events.EndpointState{}, false, fmt.Errorf("update endpoint %s: %w", name, ErrConflictLimit)
+	return out, wrote, err
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -91,7 +92,7 @@ func StartServer(o ServerOptions) (*Server, error) {
 			port = server.RANDOM_PORT
 		}
 		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: host, Port: port}
-		opts.Routes = server.RoutesFromStr(joinComma(c.Routes))
+		opts.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -161,15 +162,4 @@ func splitHostPort(addr string) (string, int, error) {
 		return "", 0, fmt.Errorf("port %q: %w", ps, err)
 	}
 	return host, port, nil
-}
-
-func joinComma(ss []string) string {
-	out := ""
-	for i, s := range ss {
-		if i > 0 {
-			out += ","
-		}
-		out += s
-	}
-	return out
 }

@@ -53,6 +53,7 @@ func (s *Stack) addServices(g *run.Group, nc *nats.Conn, js jetstream.JetStream)
 		return fmt.Errorf("gateway: %w", err)
 	}
 	s.GatewayURL = "http://" + ln.Addr().String()
+	s.gatewayLn = ln
 	s.add(g, gw)
 	return nil
 }

@@ -61,6 +61,9 @@ type Stack struct {
 	Mocks []*MockEndpoint
 	// GatewayURL is the gateway's base URL once Run started it.
 	GatewayURL string
+	// gatewayLn is the gateway's listener, bound before the group runs: the
+	// gateway closes it when it stops, Run when the group never starts.
+	gatewayLn net.Listener
 }
 
 // New prepares a stack; Run starts it.
@@ -193,6 +196,7 @@ func (s *Stack) Run(ctx context.Context) error {
 		a := &admin.Server{Addr: s.opts.AdminListen, Gatherer: s.reg, Log: s.log}
 		if err := a.Listen(); err != nil {
 			s.closeMocks()
+			s.gatewayLn.Close()
 			return err
 		}
 		fmt.Fprintf(s.opts.Out, "  metrics     %s/metrics\n", a.URL())

@@ -3,6 +3,7 @@ package stack_test
 import (
 	"bytes"
 	"context"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -115,4 +116,35 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestRunReleasesTheGatewayPortWhenAdminCannotListen: when the admin port
+// is taken, Run fails before anything runs and leaves no port bound.
+func TestRunReleasesTheGatewayPortWhenAdminCannotListen(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gatewayAddr := free.Addr().String()
+	free.Close()
+
+	cfg := config.Default()
+	cfg.Gateway.Listen = gatewayAddr
+	st, err := stack.New(stack.Options{Config: cfg, NATSListen: "127.0.0.1:0", StoreDir: t.TempDir(), AdminListen: taken.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "admin listen") {
+		t.Fatalf("Run: %v, want the admin listen error", err)
+	}
+	ln, err := net.Listen("tcp", gatewayAddr)
+	if err != nil {
+		t.Fatalf("the gateway's port is still bound after Run failed: %v", err)
+	}
+	ln.Close()
 }

@@ -54,7 +54,7 @@ func TestLeases(t *testing.T) {
 				t.Errorf("lease id %s granted twice", l.ID)
 			}
 			ids[l.ID] = true
-			if want := c.now.Add(2 * time.Minute); !l.ExpiresAt.Equal(want) {
+			if want := c.now.Add(c.s.Breaker.TrialLeaseTTL); !l.ExpiresAt.Equal(want) {
 				t.Errorf("lease expires %v, want now + trial_lease_ttl", l.ExpiresAt)
 			}
 		}
@@ -62,7 +62,7 @@ func TestLeases(t *testing.T) {
 			t.Fatal("a fourth lease was granted")
 		}
 		a := state.Admit(c.s, c.st, c.now)
-		if a.OK || !a.NeedsLease || !a.RetryAt.Equal(c.now.Add(2*time.Minute)) {
+		if a.OK || !a.NeedsLease || !a.RetryAt.Equal(c.now.Add(c.s.Breaker.TrialLeaseTTL)) {
 			t.Errorf("Admit with every slot taken = %+v, want NeedsLease, not OK, RetryAt the first expiry", a)
 		}
 		if c.st.HalfOpen.Granted != 3 {
@@ -115,7 +115,7 @@ func TestLeases(t *testing.T) {
 		if at, ok := state.NextTick(c.st); !ok || !at.Equal(l1.ExpiresAt) {
 			t.Errorf("NextTick = %v %v, want the first lease's expiry %v", at, ok, l1.ExpiresAt)
 		}
-		c.advance(time.Minute)
+		c.advance(c.s.Breaker.TrialLeaseTTL - time.Minute) // to the first lease's expiry
 		ch := c.tick()
 		if !ch.Write || ch.Changed() {
 			t.Errorf("Tick at the expiry = %+v, want a write without a status change", ch)

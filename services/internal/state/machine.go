@@ -203,12 +203,21 @@ func clone(st events.EndpointState) events.EndpointState {
 
 func ptr(t time.Time) *time.Time { return &t }
 
-// observed is when a probe or call finished: its start plus its latency.
-func observed(start time.Time, latencyMS float64) time.Time {
+// Observed is when a probe or call finished: its start plus its latency.
+// The evaluator applies an event at this time.
+func Observed(start time.Time, latencyMS float64) time.Time {
 	return start.Add(time.Duration(latencyMS * float64(time.Millisecond)))
 }
 
 // ---- probes -----------------------------------------------------------------
+
+// VantageKey is the key of a probe view in EndpointState.Vantages: the
+// vantage and the probe kind, e.g. "eu-west/models". Each kind of probe of
+// each vantage keeps its own latest view, so a passing health probe does not
+// hide a failing models probe of the same vantage.
+func VantageKey(vantage string, kind events.ProbeKind) string {
+	return vantage + "/" + string(kind)
+}
 
 func (m *machine) probe(p *events.ProbeResult) {
 	st := &m.st
@@ -220,10 +229,22 @@ func (m *machine) probe(p *events.ProbeResult) {
 	if st.Vantages == nil {
 		st.Vantages = map[string]events.ProbeView{}
 	}
-	st.Vantages[p.Vantage] = pv
-	for v, old := range st.Vantages {
-		if v != p.Vantage && m.now.Sub(old.At) > vantageForgetFactor*m.interval(old) {
-			delete(st.Vantages, v)
+	key := VantageKey(p.Vantage, p.Kind)
+	st.Vantages[key] = pv
+	for k, old := range st.Vantages {
+		switch {
+		case k == key:
+		case m.now.Sub(old.At) > vantageForgetFactor*m.interval(old):
+			delete(st.Vantages, k)
+		case old.Vantage != "" && k != VantageKey(old.Vantage, old.Kind):
+			// A record written before views were keyed by kind: re-key it,
+			// unless a newer view of that vantage and kind exists.
+			delete(st.Vantages, k)
+			if nk := VantageKey(old.Vantage, old.Kind); nk != key {
+				if cur, ok := st.Vantages[nk]; !ok || cur.At.Before(old.At) {
+					st.Vantages[nk] = old
+				}
+			}
 		}
 	}
 	if p.ErrorClass == events.ClassHTTP429 {
@@ -238,15 +259,20 @@ func (m *machine) probe(p *events.ProbeResult) {
 	}
 	switch p.Outcome {
 	case events.ProbePass:
-		m.success(p.LatencyMS, p.TTFTMS, p.StartedAt, false, "probe")
+		// An endpoint is as healthy as its worst kind of probe: a passing
+		// health probe says nothing for the models another kind of probe
+		// finds missing everywhere, and must not reset that failure streak.
+		if !m.otherKindFailing(p.Kind) {
+			m.success(p.LatencyMS, p.TTFTMS, p.StartedAt, false, "probe")
+		}
 	case events.ProbeFail:
 		switch classEffect(p.ErrorClass) {
 		case effFailure:
 			m.recordError(p.ErrorClass, p.Error, p.StatusCode)
-			failing, fresh, q := m.quorum()
+			failing, voting, q := m.quorum(p.Kind)
 			if failing >= q {
-				if fresh > 1 {
-					m.because("%d of %d vantages see the probe fail", failing, fresh)
+				if voting > 1 {
+					m.because("%d of %d vantages see the %s probe fail", failing, voting, p.Kind)
 				}
 				m.failure(p.StartedAt, false, "probe")
 			}
@@ -271,23 +297,46 @@ func (m *machine) interval(pv events.ProbeView) time.Duration {
 	return 30 * time.Second
 }
 
-// quorum counts the fresh vantages and those whose last probe failed for a
-// reason that counts, and returns the quorum a probe failure needs.
-func (m *machine) quorum() (failing, fresh, q int) {
+// quorum judges a failing probe of kind: it counts the vantages that take
+// part (a fresh view of that kind whose probe passed or failed for a reason
+// that counts against the endpoint) and those among them that failed, and
+// returns the quorum a failure needs. A vantage whose last probe was
+// inconclusive, or failed for a reason of its own (client_error, internal),
+// abstains: it neither vetoes nor supports the others' failures.
+func (m *machine) quorum(kind events.ProbeKind) (failing, voting, q int) {
 	for _, pv := range m.st.Vantages {
-		if m.now.Sub(pv.At) > vantageStaleFactor*m.interval(pv) {
+		if pv.Kind != kind || m.now.Sub(pv.At) > vantageStaleFactor*m.interval(pv) {
 			continue
 		}
-		fresh++
-		if pv.Outcome == events.ProbeFail && classEffect(pv.ErrorClass) == effFailure {
+		switch {
+		case pv.Outcome == events.ProbePass:
+			voting++
+		case pv.Outcome == events.ProbeFail && CountsAgainst(pv.ErrorClass):
+			voting++
 			failing++
 		}
 	}
-	q = fresh/2 + 1
+	q = voting/2 + 1
 	if m.s.Health.ProbeQuorum > 0 {
-		q = min(m.s.Health.ProbeQuorum, fresh)
+		q = min(m.s.Health.ProbeQuorum, voting)
 	}
-	return failing, fresh, max(q, 1)
+	return failing, voting, max(q, 1)
+}
+
+// otherKindFailing reports whether a kind of probe other than kind
+// currently fails by quorum.
+func (m *machine) otherKindFailing(kind events.ProbeKind) bool {
+	seen := map[events.ProbeKind]bool{kind: true}
+	for _, pv := range m.st.Vantages {
+		if seen[pv.Kind] {
+			continue
+		}
+		seen[pv.Kind] = true
+		if failing, _, q := m.quorum(pv.Kind); failing > 0 && failing >= q {
+			return true
+		}
+	}
+	return false
 }
 
 // ---- request outcomes -------------------------------------------------------

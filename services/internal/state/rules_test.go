@@ -1,6 +1,8 @@
 package state_test
 
 import (
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -523,6 +525,15 @@ func TestProbeQuorum(t *testing.T) {
 		{name: "an inconclusive vantage is not failing", sigs: []state.Signal{
 			probeFrom("a", events.ProbeFail, events.ClassConnect, 10), probeFrom("b", events.ProbeInconclusive, events.ClassTimeout, 10)}},
 		{name: "an auth failure needs no quorum", counted: 1, sigs: []state.Signal{probeFrom("a", events.ProbeFail, events.ClassAuth, 10)}},
+		{name: "inconclusive vantages abstain", counted: 1, sigs: []state.Signal{
+			probeFrom("b", events.ProbeInconclusive, events.ClassHTTP429, 10), probeFrom("c", events.ProbeInconclusive, events.ClassInternal, 10),
+			probeFrom("a", events.ProbeFail, events.ClassHTTP5xx, 10)}},
+		{name: "a failure that does not count abstains", counted: 1, sigs: []state.Signal{
+			probeFrom("b", events.ProbeFail, events.ClassClientError, 10), probeFrom("c", events.ProbeFail, events.ClassClientError, 10),
+			probeFrom("a", events.ProbeFail, events.ClassHTTP5xx, 10)}},
+		{name: "probe_quorum is capped at the vantages taking part", quorum: 3, counted: 1, sigs: []state.Signal{
+			probeFrom("c", events.ProbeInconclusive, events.ClassTimeout, 10),
+			probeFrom("a", events.ProbeFail, events.ClassHTTP5xx, 10), probeFrom("b", events.ProbeFail, events.ClassHTTP5xx, 10)}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -549,8 +560,82 @@ func TestProbeQuorum(t *testing.T) {
 		}
 		c.advance(10 * 30 * time.Second)
 		c.apply(probeFrom("c", events.ProbeFail, events.ClassConnect, 10))
-		if _, ok := c.st.Vantages["a"]; ok || len(c.st.Vantages) != 1 {
+		if _, ok := c.st.Vantages["a/models"]; ok || len(c.st.Vantages) != 1 {
 			t.Errorf("vantages silent for 10 intervals were kept: %v", c.st.Vantages)
+		}
+	})
+	t.Run("a vantage that only sees inconclusive probes does not veto", func(t *testing.T) {
+		c := newClock(t, seedSettings())
+		for range 10 {
+			c.apply(probeFrom("v2", events.ProbeInconclusive, events.ClassInternal, 10),
+				probeFrom("v1", events.ProbeFail, events.ClassHTTP5xx, 10))
+		}
+		if c.st.Health != events.HealthUnhealthy || c.st.Breaker != events.BreakerOpen {
+			t.Errorf("v1 failed 10 times, v2 was inconclusive: %+v, want unhealthy and open", summarize(c.st))
+		}
+	})
+	t.Run("each probe kind has its own quorum", func(t *testing.T) {
+		// Every vantage's models probe fails and its health probe passes
+		// just after: the health pass must not hide the models failure
+		// from the next vantage's quorum.
+		c := newClock(t, seedSettings())
+		counted := 0
+		for _, v := range []string{"v1", "v2", "v3"} {
+			c.apply(probeFrom(v, events.ProbeFail, events.ClassModelMissing, 10))
+			if c.st.ConsecutiveFailures > 0 {
+				counted++
+			}
+			health := probeFrom(v, events.ProbePass, "", 10)
+			health.Probe.Kind = events.ProbeHealth
+			c.apply(health)
+		}
+		if counted != 3 {
+			t.Errorf("%d models failures counted, want 3 (1 of 1, 2 of 2, 3 of 3 vantages)", counted)
+		}
+		want := []string{"v1/health", "v1/models", "v2/health", "v2/models", "v3/health", "v3/models"}
+		if diff := cmp.Diff(want, slices.Sorted(maps.Keys(c.st.Vantages))); diff != "" {
+			t.Errorf("vantage keys (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("a passing kind does not reset another kind's failures", func(t *testing.T) {
+		// The models probe fails at every vantage and the health probe
+		// passes: the endpoint does not serve its models, whatever /health
+		// says. Once the models probe passes again, it recovers.
+		c := newClock(t, seedSettings())
+		health := func(v string) state.Signal {
+			sig := probeFrom(v, events.ProbePass, "", 10)
+			sig.Probe.Kind = events.ProbeHealth
+			return sig
+		}
+		for range 5 {
+			for _, v := range []string{"v1", "v2", "v3"} {
+				c.apply(probeFrom(v, events.ProbeFail, events.ClassModelMissing, 10), health(v))
+			}
+		}
+		if c.st.Health != events.HealthUnhealthy || c.st.Breaker != events.BreakerOpen {
+			t.Fatalf("after 15 rounds of failing models and passing health probes: %+v, want unhealthy and open", summarize(c.st))
+		}
+		c.advance(time.Minute)
+		for range 3 {
+			for _, v := range []string{"v1", "v2", "v3"} {
+				c.apply(probeFrom(v, events.ProbePass, "", 10), health(v))
+			}
+		}
+		if c.st.Health != events.HealthHealthy || c.st.Breaker != events.BreakerClosed {
+			t.Errorf("after the models probes pass again: %+v, want healthy and closed", summarize(c.st))
+		}
+	})
+	t.Run("records keyed by vantage alone are re-keyed", func(t *testing.T) {
+		c := newClock(t, seedSettings())
+		c.st.Vantages = map[string]events.ProbeView{
+			"old": {At: t0, Vantage: "old", Kind: events.ProbeModels, Outcome: events.ProbeFail, ErrorClass: events.ClassHTTP5xx, IntervalMS: 30000},
+		}
+		c.apply(probeFrom("new", events.ProbeFail, events.ClassHTTP5xx, 10))
+		if diff := cmp.Diff([]string{"new/models", "old/models"}, slices.Sorted(maps.Keys(c.st.Vantages))); diff != "" {
+			t.Errorf("vantage keys (-want +got):\n%s", diff)
+		}
+		if c.st.ConsecutiveFailures != 1 {
+			t.Errorf("2 of 2 vantages failing did not count: %+v", summarize(c.st))
 		}
 	})
 }

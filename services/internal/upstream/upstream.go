@@ -185,3 +185,13 @@ func Truncate(s string, n int) string {
 	}
 	return s[:n] + "..."
 }
+
+// EventStatus is the HTTP status an event may carry: the contract allows
+// 100-599, and Go's client accepts any three digits, so anything else is
+// left out (0).
+func EventStatus(code int) int {
+	if code < 100 || code > 599 {
+		return 0
+	}
+	return code
+}
