@@ -19,8 +19,9 @@ import (
 	"github.com/switchboard-llm/switchboard/services/internal/endpointkv"
 )
 
-// shutdownTimeout bounds how long Run waits for in-flight requests.
-const shutdownTimeout = 10 * time.Second
+// DefaultShutdownGrace is how long Run lets in-flight requests finish by
+// default once its context ended.
+const DefaultShutdownGrace = 10 * time.Second
 
 // Options configure a Gateway.
 type Options struct {
@@ -38,8 +39,13 @@ type Options struct {
 	// Config.Gateway.Listen; Run closes it.
 	Listener net.Listener
 	// RequestTimeout bounds an interactive call (its job's deadline);
-	// default Config.Worker.RequestTimeout.
+	// default Config.Gateway.RequestTimeout, else
+	// Config.Worker.RequestTimeout.
 	RequestTimeout time.Duration
+	// ShutdownGrace bounds how long Run lets in-flight requests finish
+	// after its context ended; then they are cut (interactive calls are
+	// cancelled at the workers). Default DefaultShutdownGrace.
+	ShutdownGrace time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -54,6 +60,7 @@ type Gateway struct {
 	ln      net.Listener
 	now     func() time.Time
 	timeout time.Duration
+	grace   time.Duration
 	maxBody int64
 	source  string
 
@@ -71,7 +78,8 @@ type Gateway struct {
 	view *endpointkv.View
 
 	stopOnce sync.Once
-	stopping chan struct{} // closed when Run begins to shut down
+	stopping chan struct{}  // closed when Run begins to shut down
+	requests requestTracker // every request Run's server is handling
 }
 
 // New validates o and builds the gateway; it starts nothing.
@@ -91,10 +99,16 @@ func New(o Options) (*Gateway, error) {
 		o.Now = time.Now
 	}
 	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = o.Config.Gateway.RequestTimeout
+	}
+	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = o.Config.Worker.RequestTimeout
 	}
 	if o.RequestTimeout <= 0 {
-		return nil, errors.New("gateway: no request timeout: set Options.RequestTimeout or worker.request_timeout")
+		return nil, errors.New("gateway: no request timeout: set Options.RequestTimeout, gateway.request_timeout or worker.request_timeout")
+	}
+	if o.ShutdownGrace <= 0 {
+		o.ShutdownGrace = DefaultShutdownGrace
 	}
 	gc := o.Config.Gateway
 	if gc.MaxBodyBytes <= 0 {
@@ -107,7 +121,7 @@ func New(o Options) (*Gateway, error) {
 	models := ModelsOf(o.Config.Endpoints)
 	g := &Gateway{
 		cfg: o.Config, nc: o.NC, js: o.JS, log: o.Log.With("component", "gateway"), gather: o.Gatherer,
-		ln: o.Listener, now: o.Now, timeout: o.RequestTimeout, maxBody: gc.MaxBodyBytes,
+		ln: o.Listener, now: o.Now, timeout: o.RequestTimeout, grace: o.ShutdownGrace, maxBody: gc.MaxBodyBytes,
 		source:     "/gateway/" + gc.Instance,
 		models:     models,
 		modelsJSON: modelsBody(models, o.Now().Unix()),
@@ -124,8 +138,12 @@ func New(o Options) (*Gateway, error) {
 
 // Run opens the buckets, starts following endpoint state, subscribes the
 // interactive reply inbox and serves HTTP until ctx ends. Then it stops
-// taking connections, ends event streams and long-polls, waits up to 10 s
-// for in-flight calls, and returns nil.
+// taking connections, ends event streams and long-polls, and lets
+// in-flight calls finish within the shutdown grace; calls still running
+// then are cut (their request contexts end, so interactive calls are
+// cancelled at the workers), which is logged and is still a clean
+// shutdown. Run returns only after every handler returned, and then nil;
+// an error only if it could not start or serving failed.
 func (g *Gateway) Run(ctx context.Context) error {
 	jobs, err := OpenJobs(ctx, g.js, g.source)
 	if err != nil {
@@ -160,8 +178,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}()
 	defer func() { vcancel(); <-vdone }()
 
+	// Every request's context derives from base: cutting the calls at the
+	// end of the grace is cancelling it.
+	base, cut := context.WithCancel(context.Background())
+	defer cut()
 	srv := &http.Server{
-		Handler:           g.handler,
+		Handler:           g.requests.wrap(g.handler),
+		BaseContext:       func(net.Listener) context.Context { return base },
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
@@ -171,23 +194,89 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.log.Info("gateway listening", "url", "http://"+ln.Addr().String(), "endpoints", len(g.cfg.Endpoints),
 		"auth", g.keys.enabled())
 
+	var runErr error
 	select {
 	case err := <-served:
-		return fmt.Errorf("gateway: serve %s: %w", ln.Addr(), err)
+		runErr = fmt.Errorf("gateway: serve %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
+	// Shutdown, in order: end streams and long-polls, stop taking
+	// connections, let calls finish within the grace, cut the rest, and
+	// wait for every handler before the deferred inbox and view close
+	// under them.
 	g.stopOnce.Do(func() { close(g.stopping) })
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), g.grace)
 	defer cancel()
-	err = srv.Shutdown(sctx)
-	if err != nil {
+	if err := srv.Shutdown(sctx); err != nil {
+		g.log.Warn("shutdown grace over; cutting in-flight requests", "grace", g.grace, "requests", g.requests.count())
+		cut()
 		srv.Close()
-		err = fmt.Errorf("gateway: shut down: %w", err)
 	}
-	if serr := <-served; !errors.Is(serr, http.ErrServerClosed) {
-		err = errors.Join(err, serr)
+	g.requests.closeAndWait()
+	if runErr == nil {
+		if serr := <-served; !errors.Is(serr, http.ErrServerClosed) {
+			runErr = fmt.Errorf("gateway: serve %s: %w", ln.Addr(), serr)
+		}
 	}
-	return err
+	g.log.Info("gateway stopped")
+	return runErr
+}
+
+// requestTracker counts the requests being handled so that Run can wait
+// for them (http.Server.Close does not); once closed it refuses new ones,
+// so that a request racing the shutdown cannot start after the wait began.
+type requestTracker struct {
+	mu     sync.Mutex
+	closed bool
+	n      int
+	wg     sync.WaitGroup
+}
+
+// wrap tracks every request h serves; one arriving after closeAndWait
+// began is answered 503.
+func (t *requestTracker) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !t.add() {
+			w.Header().Set("Connection", "close")
+			w.Header().Set("Retry-After", "1")
+			writeError(w, &Error{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Code: "shutting_down",
+				Message: "the gateway is shutting down; retry"})
+			return
+		}
+		defer t.done()
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (t *requestTracker) add() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.n++
+	t.wg.Add(1)
+	return true
+}
+
+func (t *requestTracker) done() {
+	t.mu.Lock()
+	t.n--
+	t.mu.Unlock()
+	t.wg.Done()
+}
+
+func (t *requestTracker) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.n
+}
+
+func (t *requestTracker) closeAndWait() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	t.wg.Wait()
 }
 
 // ready reports whether the gateway can serve: NATS connected and the

@@ -280,3 +280,33 @@ func BenchmarkJobEventEncoding(b *testing.B) {
 		}
 	})
 }
+
+// TestInteractiveDeadlineSetting: an interactive call's deadline is
+// Options.RequestTimeout, else gateway.request_timeout, else
+// worker.request_timeout.
+func TestInteractiveDeadlineSetting(t *testing.T) {
+	_, nc, js := natstest.Start(t)
+	tests := []struct {
+		name      string
+		gateway   time.Duration // gateway.request_timeout (testConfig: worker.request_timeout 5s)
+		option    time.Duration
+		wantLimit time.Duration
+	}{
+		{name: "worker.request_timeout", wantLimit: 5 * time.Second},
+		{name: "gateway.request_timeout", gateway: 40 * time.Second, wantLimit: 40 * time.Second},
+		{name: "Options.RequestTimeout", gateway: 40 * time.Second, option: time.Second, wantLimit: time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t, "", false)
+			cfg.Gateway.RequestTimeout = tc.gateway
+			gw, err := New(Options{Config: cfg, NC: nc, JS: js, RequestTimeout: tc.option})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if gw.timeout != tc.wantLimit {
+				t.Errorf("deadline %s from now, want %s", gw.timeout, tc.wantLimit)
+			}
+		})
+	}
+}

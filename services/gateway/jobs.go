@@ -172,21 +172,20 @@ func (j *Jobs) Wait(ctx context.Context, id string, d time.Duration) (events.Job
 
 // Cancel ends job id as `cancelled` unless it is already terminal (then it
 // returns the record and ErrJobFinished), by compare-and-set, and then
-// publishes its finished event; workers skip a cancelled job. Cancelling a
-// job that is already cancelled publishes its finished event again (it
-// collapses by its id), so a cancel whose publish failed can be retried.
+// publishes its finished event; workers skip a cancelled job. Cancel is
+// idempotent: for a job that is cancelled already it publishes the finished
+// event again (it collapses by its id) and succeeds, so a cancel whose
+// publish failed can simply be retried.
 func (j *Jobs) Cancel(ctx context.Context, id string) (events.JobRecord, error) {
 	for range 100 {
 		rec, rev, err := j.Get(ctx, id)
 		if err != nil {
 			return rec, err
 		}
+		if rec.Status == events.JobCancelled {
+			return rec, j.publishFinished(ctx, rec)
+		}
 		if rec.Status.Terminal() {
-			if rec.Status == events.JobCancelled {
-				if err := j.publishFinished(ctx, rec); err != nil {
-					return rec, err
-				}
-			}
 			return rec, fmt.Errorf("cancel job %s: %w (%s)", id, ErrJobFinished, rec.Status)
 		}
 		now := j.now()

@@ -115,8 +115,9 @@ func (g *Gateway) serveJob(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveCancel is DELETE /v1/jobs/{id}: 200 with the cancelled record, 404
-// for an unknown job, 409 with the record for one that already finished.
+// serveCancel is DELETE /v1/jobs/{id}: 200 with the cancelled record (also
+// for a job cancelled before: a cancel may be retried), 404 for an unknown
+// job, 409 for one that finished otherwise.
 func (g *Gateway) serveCancel(w http.ResponseWriter, r *http.Request) {
 	id, e := jobID(r)
 	if e != nil {

@@ -127,8 +127,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-// statusWriter records the status of a response. It keeps Flush and
-// Unwrap so streams and http.ResponseController work through it.
+// statusWriter records the status of a response. It keeps Flush,
+// FlushError and Unwrap so streams and http.ResponseController work
+// through it (a flush error, e.g. the client gone, reaches the caller).
 type statusWriter struct {
 	http.ResponseWriter
 	code int
@@ -155,6 +156,15 @@ func (w *statusWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// FlushError flushes the wrapped writer and returns its error;
+// http.ResponseController.Flush uses it in preference to Flush.
+func (w *statusWriter) FlushError() error {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/http"
@@ -79,4 +80,75 @@ func consumers(t testing.TB, e *testEnv, stream string) int {
 		t.Fatal(err)
 	}
 	return info.State.Consumers
+}
+
+// TestShutdownCutsLongCalls: an interactive call longer than the shutdown
+// grace is cut when the grace is over (the workers are told to stop it),
+// and Run returns nil (a clean exit) only after every handler returned, so
+// that no handler outlives the inbox and connection it uses.
+func TestShutdownCutsLongCalls(t *testing.T) {
+	_, nc, js := natstest.Start(t)
+	cfg := testConfig(t, "", false)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := New(Options{Config: cfg, NC: nc, JS: js, Listener: ln, RequestTimeout: time.Minute, ShutdownGrace: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The chat handler, once done, holds on until released: Run must wait.
+	inner, finished, release := gw.handler, make(chan struct{}), make(chan struct{})
+	gw.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inner.ServeHTTP(w, r)
+		if r.URL.Path == "/v1/chat/completions" {
+			close(finished)
+			<-release
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(ctx) }()
+	e := &testEnv{nc: nc, js: js, url: "http://" + ln.Addr().String(), gw: gw, cfg: cfg}
+	natstest.WaitFor(t, 10*time.Second, "gateway ready", func() bool {
+		resp, err := http.Get(e.url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	fw := startScripted(t, e)
+	call := make(chan error, 1)
+	go func() {
+		resp, err := http.Post(e.url+"/v1/chat/completions", "application/json", bytes.NewReader(chatBody("mock-small", "hang", false)))
+		if err == nil {
+			resp.Body.Close()
+		}
+		call <- err
+	}()
+	natstest.WaitFor(t, 5*time.Second, "the call at the worker", func() bool { return len(fw.received()) == 1 })
+
+	cancel()
+	select {
+	case <-finished: // the grace ended and the call was cut
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call was not cut within 10 s of the shutdown")
+	}
+	natstest.WaitFor(t, 5*time.Second, "the workers told to stop the call", func() bool { return len(fw.cancelled()) == 1 })
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned (%v) while a handler was still running", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v, want nil after cutting the call", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10 s of the last handler")
+	}
+	<-call
 }

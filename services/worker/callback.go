@@ -37,6 +37,10 @@ const (
 	callbackBackoff = 500 * time.Millisecond
 )
 
+// maxPendingCallbacks bounds the callbacks a worker holds in memory (queued
+// or being sent); more are dropped, counted as result "dropped" and logged.
+const maxPendingCallbacks = 10000
+
 // Sign returns the Switchboard-Signature value of body sent at t.
 func Sign(secret string, t time.Time, body []byte) string {
 	ts := strconv.FormatInt(t.Unix(), 10)
@@ -49,13 +53,15 @@ func Sign(secret string, t time.Time, body []byte) string {
 
 // callbacks posts finished job records to their callback URLs from a small
 // pool of goroutines, so that no job waits for a callback. The queue is in
-// memory: a worker that dies loses its pending callbacks (the finished
-// event in SWITCHBOARD_RESULTS is the durable signal).
+// memory and bounded (max): a worker that dies loses its pending callbacks,
+// and one whose receivers cannot keep up drops new ones (the finished event
+// in SWITCHBOARD_RESULTS is the durable signal).
 type callbacks struct {
 	client *http.Client
 	secret config.Secret
 	log    *slog.Logger
 	met    *metrics
+	max    int // pending callbacks at most
 
 	mu     sync.Mutex
 	queue  []*events.JobRecord
@@ -65,16 +71,23 @@ type callbacks struct {
 }
 
 func newCallbacks(c *http.Client, secret config.Secret, log *slog.Logger, met *metrics) *callbacks {
-	return &callbacks{client: c, secret: secret, log: log, met: met, wake: make(chan struct{}, 1)}
+	return &callbacks{client: c, secret: secret, log: log, met: met, max: maxPendingCallbacks, wake: make(chan struct{}, 1)}
 }
 
 // enqueue schedules the callback of a finished record; it never blocks.
+// When max callbacks are pending already it drops this one.
 func (c *callbacks) enqueue(rec *events.JobRecord) {
 	if u, err := url.Parse(rec.CallbackURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
 		c.log.Warn("callback url is not http(s); not called", "job", rec.ID)
 		return
 	}
 	c.mu.Lock()
+	if n := len(c.queue) + c.busy; n >= c.max {
+		c.mu.Unlock()
+		c.met.callbacks.WithLabelValues("dropped").Inc()
+		c.log.Warn("callback queue full; callback dropped", "job", rec.ID, "pending", n)
+		return
+	}
 	c.queue = append(c.queue, rec)
 	c.mu.Unlock()
 	c.signal()

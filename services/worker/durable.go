@@ -15,124 +15,6 @@ import (
 	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 )
 
-// durable is the durable lane's intake: one message iterator per priority
-// consumer, each drained by a feeder goroutine into an unbuffered channel,
-// so a message leaves its iterator only when a slot takes it.
-type durable struct {
-	its   []jetstream.MessagesContext
-	feeds []chan jetstream.Msg // by priority, high first
-	quit  chan struct{}
-	wg    sync.WaitGroup
-}
-
-// startDurable opens the iterators and starts the feeders.
-func (s *Service) startDurable(consumers []jetstream.Consumer) (*durable, error) {
-	d := &durable{quit: make(chan struct{})}
-	for i, c := range consumers {
-		// Prefetch at most one message per slot: a prefetched message's
-		// AckWait is already running.
-		prefetch := s.cfg.Concurrency
-		if events.Priorities()[i] == events.PriorityLow {
-			prefetch = max(1, s.cfg.Concurrency/4)
-		}
-		it, err := c.Messages(jetstream.PullMaxMessages(prefetch))
-		if err != nil {
-			d.stop()
-			d.wait()
-			return nil, fmt.Errorf("worker: pull from consumer %s: %w", ConsumerName(events.Priorities()[i]), err)
-		}
-		d.its = append(d.its, it)
-		d.feeds = append(d.feeds, make(chan jetstream.Msg))
-	}
-	for i := range d.its {
-		d.wg.Add(1)
-		go func() { defer d.wg.Done(); s.feed(d, i) }()
-	}
-	return d, nil
-}
-
-// feed moves messages from iterator i to its channel until the iterator is
-// drained; a message it holds when the lane stops is NAKed for another
-// worker.
-func (s *Service) feed(d *durable, i int) {
-	for {
-		m, err := d.its[i].Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return
-		}
-		if err != nil {
-			s.log.Warn("pull jobs", "consumer", ConsumerName(events.Priorities()[i]), "err", err)
-			select {
-			case <-d.quit:
-			case <-time.After(100 * time.Millisecond):
-			}
-			continue
-		}
-		select {
-		case d.feeds[i] <- m:
-		case <-d.quit:
-			_ = m.Nak()
-		}
-	}
-}
-
-// stop stops pulling: the iterators drain (their buffered messages pass
-// through feed, which NAKs them) and the slots stop taking jobs.
-func (d *durable) stop() {
-	select {
-	case <-d.quit:
-	default:
-		close(d.quit)
-	}
-	for _, it := range d.its {
-		it.Drain()
-	}
-}
-
-// wait waits for the feeders.
-func (d *durable) wait() { d.wg.Wait() }
-
-// slot runs durable jobs one at a time until the lane stops, preferring
-// higher priorities.
-func (s *Service) slot(d *durable) {
-	for {
-		m := d.next()
-		if m == nil {
-			return
-		}
-		s.handleDurable(m)
-	}
-}
-
-// next returns the next job, high priority first when several wait; nil
-// when the lane stopped.
-func (d *durable) next() jetstream.Msg {
-	select {
-	case <-d.quit:
-		return nil
-	case m := <-d.feeds[0]:
-		return m
-	default:
-	}
-	select {
-	case m := <-d.feeds[0]:
-		return m
-	case m := <-d.feeds[1]:
-		return m
-	default:
-	}
-	select {
-	case <-d.quit:
-		return nil
-	case m := <-d.feeds[0]:
-		return m
-	case m := <-d.feeds[1]:
-		return m
-	case m := <-d.feeds[2]:
-		return m
-	}
-}
-
 // handleDurable runs one delivery of a durable job. It guarantees that the
 // message is acked only after the job's terminal record exists and its
 // finished event was acknowledged, and that a terminal record is never
@@ -183,9 +65,10 @@ func (s *Service) handleDurable(m jetstream.Msg) {
 		rec.Model = cr.Model
 	}
 	if delivery >= s.cfg.MaxDeliver && rec.Deliveries < delivery-1 {
-		// The last delivery JetStream will make, and an earlier one ended
+		// max_deliver reached (the consumers redeliver without limit: the
+		// worker enforces it), and the delivery before this one ended
 		// without a word: a worker died (or stalled) on this job. Running
-		// it again could die again and leave it stuck for good.
+		// it again could kill another worker.
 		s.deadLetter(m, job, &rec, rev, found, delivery,
 			fmt.Sprintf("delivered %d times (max_deliver %d) without finishing: a worker crashed or stalled on it", delivery, s.cfg.MaxDeliver))
 		return
@@ -386,15 +269,26 @@ func (s *Service) wait(m jetstream.Msg, job *events.JobSubmitted, rec *events.Jo
 	rec.Deliveries = delivery
 	rec.Error = res.err
 	rec.UpdatedAt = now.UTC()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	_, term, err := s.records.save(ctx, rec, rev, found)
-	cancel()
+	// The record must say this delivery ended with a wait: otherwise the
+	// next one, on max_deliver, takes it for a worker that died on the job.
+	// So a failed write is tried again before the NAK.
+	var term *events.JobRecord
+	var err error
+	for try := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, term, err = s.records.save(ctx, rec, rev, found)
+		cancel()
+		if err == nil || term != nil || try == 2 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond << try)
+	}
 	if term != nil { // cancelled meanwhile
 		s.publishFinished(m, term, nil, false)
 		return
 	}
 	if err != nil {
-		s.log.Warn("record job wait", "job", job.ID, "err", err)
+		s.log.Error("record job wait; its next delivery may take it for a crash", "job", job.ID, "err", err)
 	}
 	delay := max(res.retryAt.Sub(now), 0)
 	s.met.waits.Inc()
@@ -420,6 +314,55 @@ func (s *Service) poison(m jetstream.Msg, cause error) {
 	_ = m.Term()
 }
 
+// skipExpired leaves a delivery whose AckWait ran out before a slot
+// started it (the process stalled between pulling and starting it):
+// JetStream has redelivered it already, or will, so running this copy too
+// would call the upstream twice, and acking or NAKing it would act on the
+// new delivery. It records the delivery in the job record (best effort),
+// so that the next delivery does not count it as a worker that died on
+// the job.
+func (s *Service) skipExpired(m jetstream.Msg, age time.Duration) {
+	s.met.expired.Inc()
+	md, err := m.Metadata()
+	var env *events.Envelope
+	if err == nil {
+		env, err = events.Decode(m.Data())
+	}
+	var job *events.JobSubmitted
+	if err == nil {
+		job, _ = env.Data.(*events.JobSubmitted)
+	}
+	if job == nil { // the redelivery dead-letters it
+		s.log.Warn("undecodable job message expired before it started; leaving it to its redelivery", "subject", m.Subject(), "age", age)
+		return
+	}
+	delivery := int(md.NumDelivered)
+	s.log.Warn("job message expired before it started; leaving it to its redelivery",
+		"job", job.ID, "delivery", delivery, "age", age)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 5 { // compare-and-set on what is there: the redelivery may be writing too
+		rec, rev, found, err := s.records.get(ctx, job.ID)
+		if err != nil || (found && (rec.Status.Terminal() || rec.Deliveries >= delivery)) {
+			return
+		}
+		if !found {
+			cr, _ := events.ParseChatRequest(job.Request) // Decode validated it
+			rec = lane.QueuedRecord(job, cr.Model, s.now())
+		}
+		rec.Deliveries = delivery
+		rec.UpdatedAt = s.now().UTC()
+		_, err = s.records.put(ctx, &rec, rev, found)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errConflict) {
+			s.log.Warn("record an expired delivery", "job", job.ID, "err", err)
+			return
+		}
+	}
+}
+
 // deadLetter copies a job that keeps failing to be processed to the
 // dead-letter stream, ends its record as failed with the reason, publishes
 // its finished event and removes it from the work queue.
@@ -427,8 +370,9 @@ func (s *Service) deadLetter(m jetstream.Msg, job *events.JobSubmitted, rec *eve
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := natsx.DeadLetter(ctx, s.o.JS, events.JobDeadSubject(job.ID), m, reason); err != nil {
-		s.log.Error("dead-letter a job", "job", job.ID, "err", err)
-		return // unacked: MaxDeliver reached, so it stays in the stream for an operator
+		s.log.Error("dead-letter a job; retrying later", "job", job.ID, "err", err)
+		_ = m.NakWithDelay(time.Second) // the next delivery dead-letters it again
+		return
 	}
 	now := s.now().UTC()
 	rec.Status = events.JobFailed
@@ -438,7 +382,8 @@ func (s *Service) deadLetter(m jetstream.Msg, job *events.JobSubmitted, rec *eve
 	rec.FinishedAt, rec.UpdatedAt = &now, now
 	final, _, wrote, err := s.records.finish(ctx, rec, rev, found)
 	if err != nil {
-		s.log.Error("write dead-lettered job record", "job", job.ID, "err", err)
+		s.log.Error("write dead-lettered job record; retrying later", "job", job.ID, "err", err)
+		_ = m.NakWithDelay(time.Second)
 		return
 	}
 	if wrote {
@@ -449,7 +394,9 @@ func (s *Service) deadLetter(m jetstream.Msg, job *events.JobSubmitted, rec *eve
 	p := natsx.Publisher{JS: s.o.JS, Source: s.source}
 	ack, err := p.Publish(ctx, events.FinishedEventID(final.ID), &events.JobFinished{JobRecord: *final})
 	if err != nil {
-		s.log.Error("publish finished event of a dead-lettered job", "job", job.ID, "err", err)
+		// The record is terminal: the next delivery publishes the event.
+		s.log.Error("publish finished event of a dead-lettered job; retrying later", "job", job.ID, "err", err)
+		_ = m.NakWithDelay(time.Second)
 		return
 	}
 	if final.CallbackURL != "" && (wrote || !ack.Duplicate) {

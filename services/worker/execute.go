@@ -151,7 +151,7 @@ func (s *Service) execute(ctx context.Context, r *run) result {
 				return result{kind: kindCrashed, err: &events.JobError{Class: events.ClassInternal, Message: err.Error()}}
 			}
 		}
-		co := s.call(ctx, r, cand, now, leaseID)
+		co := s.call(ctx, r, cand, ch.Others > 0, now, leaseID)
 		r.attempts = append(r.attempts, co.attempt)
 		lastEndpoint = cand.Endpoint.Name
 		a := co.attempt

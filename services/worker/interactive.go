@@ -136,6 +136,19 @@ func (s *Service) refuseInteractive(m *nats.Msg) {
 		Body:       lane.ErrorBody("the worker is shutting down; retry", lane.TypeUnavailable, lane.CodeNoEndpoint)})
 }
 
+// refuseBusy answers a call that arrived while this worker runs as many
+// interactive calls as it takes (limit): 503, retry in a second.
+func (s *Service) refuseBusy(m *nats.Msg, limit int) {
+	s.met.busy.Inc()
+	if m.Reply == "" {
+		return
+	}
+	s.reply(m.Reply, lane.Reply{Status: http.StatusServiceUnavailable, ContentType: lane.ContentTypeJSON,
+		RetryAfter: time.Second,
+		Body: lane.ErrorBody(fmt.Sprintf("the worker is running its limit of %d interactive calls; retry", limit),
+			lane.TypeUnavailable, lane.CodeWorkerBusy)})
+}
+
 // cancelInteractive stops the call whose reply inbox is reply, if this
 // worker runs it.
 func (s *Service) cancelInteractive(reply string) {

@@ -238,6 +238,13 @@ func TestInteractiveStream(t *testing.T) {
 		if err := json.Unmarshal(last.Body, &body); err != nil || body.Error.Code != lane.CodeStreamBroken {
 			t.Errorf("error body %s (%v), want code %s", last.Body, err, lane.CodeStreamBroken)
 		}
+		// Only whole events went out: the cut-off one was dropped, so the
+		// gateway's error event starts on an event boundary.
+		for i, r := range rs {
+			if r.Stream == lane.StreamData && !bytes.HasSuffix(r.Body, []byte("\n\n")) {
+				t.Errorf("data message %d does not end with a whole event: %q", i, r.Body)
+			}
+		}
 		if b.chatCalls() != 0 {
 			t.Error("failed over after the first token")
 		}
@@ -321,5 +328,97 @@ func TestInteractiveDeadline(t *testing.T) {
 	r := e.call(job, 10*time.Second)[0]
 	if r.Status != http.StatusGatewayTimeout || !strings.Contains(string(r.Body), lane.CodeDeadline) {
 		t.Errorf("reply = %d %s, want 504 deadline_exceeded", r.Status, r.Body)
+	}
+}
+
+// TestHungEndpointFailsOverBeforeTheDeadline: an endpoint that hangs must
+// not take the whole deadline when another endpoint could answer: the
+// call is cut after its attempt timeout (class timeout, the endpoint's
+// fault) and the job fails over in time. This holds for an interactive
+// call whose deadline is request_timeout (what the gateway sets) and for a
+// durable job whose deadline is shorter than request_timeout.
+func TestHungEndpointFailsOverBeforeTheDeadline(t *testing.T) {
+	tests := []struct {
+		name           string
+		lane           events.Lane
+		requestTimeout time.Duration
+		deadline       time.Duration
+	}{
+		{name: "interactive, deadline = request_timeout", lane: events.LaneInteractive, requestTimeout: time.Second, deadline: time.Second},
+		{name: "durable, deadline < request_timeout", lane: events.LaneDurable, requestTimeout: 30 * time.Second, deadline: 2 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a := startMock(t, mock.Config{Name: "a", Models: []string{"m"}, Faults: mock.Faults{HangRate: 1}})
+			b := startMock(t, mock.Config{Name: "b", Models: []string{"m"}})
+			cfg := testConfig(a.endpoint(1), b.endpoint(2))
+			cfg.Worker.RequestTimeout = tc.requestTimeout
+			e := newEnv(t, cfg)
+			e.startWorker(Options{})
+			job := newJob(t)
+			dl := time.Now().Add(tc.deadline)
+			job.Deadline = &dl
+			var got []attemptSummary
+			if tc.lane == events.LaneInteractive {
+				r := e.call(job, 10*time.Second)[0]
+				if r.Status != http.StatusOK || r.Endpoint != "b" || r.Attempts != 2 {
+					t.Errorf("reply %d from %q after %d attempts (%s), want 200 from b after 2", r.Status, r.Endpoint, r.Attempts, r.Body)
+				}
+			} else {
+				e.submit(job)
+				rec := e.finished(job.ID, 10*time.Second)
+				if rec.Status != events.JobSucceeded || rec.Endpoint != "b" {
+					t.Errorf("record %s on %q (%+v), want succeeded on b", rec.Status, rec.Endpoint, rec.Error)
+				}
+				got = summarize(rec.Attempts)
+			}
+			oa := e.outcomes("a", 1)
+			if oa[0].ErrorClass != events.ClassTimeout {
+				t.Errorf("outcome of a: class %s (%s), want timeout", oa[0].ErrorClass, oa[0].Error)
+			}
+			if tc.lane == events.LaneDurable {
+				want := []attemptSummary{{"a", events.RequestError, events.ClassTimeout}, {"b", events.RequestSuccess, ""}}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("attempts (-want +got):\n%s", diff)
+				}
+			}
+		})
+	}
+}
+
+// TestBusyWorkerAnswersAtOnce: a worker that runs its limit of interactive
+// calls (8 x concurrency) answers the next one at once with 503
+// workers_busy and Retry-After, instead of stalling its subscription (and
+// every call queued behind it) until a call ends.
+func TestBusyWorkerAnswersAtOnce(t *testing.T) {
+	a := startMock(t, mock.Config{Name: "a", Models: []string{"m"}, Faults: mock.Faults{HangRate: 1}})
+	cfg := testConfig(a.endpoint(1))
+	cfg.Worker.Concurrency = 1
+	cfg.Worker.RequestTimeout = time.Minute
+	e := newEnv(t, cfg)
+	e.startWorker(Options{ShutdownGrace: 100 * time.Millisecond})
+	const limit = 8 // 8 x concurrency
+	for range limit {
+		m, err := lane.NewRequest("/gateway/test", interactiveJob(t, false), e.nc.NewInbox())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.WaitFor(t, 10*time.Second, "every interactive slot hanging at the endpoint", func() bool { return a.Stats().Hanging == limit })
+	start := time.Now()
+	r := e.call(interactiveJob(t, false), 5*time.Second)[0]
+	var body lane.ErrorJSON
+	if err := json.Unmarshal(r.Body, &body); err != nil || r.Status != http.StatusServiceUnavailable ||
+		body.Error.Code != lane.CodeWorkerBusy || r.RetryAfter != time.Second {
+		t.Errorf("reply %d %s (Retry-After %s), want 503 %s with Retry-After 1s", r.Status, r.Body, r.RetryAfter, lane.CodeWorkerBusy)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("answered after %s, want at once", d)
+	}
+	if got := a.Stats().Hanging; got != limit {
+		t.Errorf("%d calls at the endpoint, want %d", got, limit)
 	}
 }

@@ -13,6 +13,8 @@ type metrics struct {
 	attempts        *prometheus.CounterVec   // upstream calls, by endpoint and outcome
 	failovers       prometheus.Counter       // a failed call followed by another on the next candidate
 	waits           prometheus.Counter       // durable jobs NAKed to wait for an endpoint
+	expired         prometheus.Counter       // durable deliveries whose AckWait ran out before they started
+	busy            prometheus.Counter       // interactive calls refused: the worker ran its limit
 	inflight        *prometheus.GaugeVec     // jobs running now, by lane
 	queueDepth      *prometheus.GaugeVec     // consumer NumPending, by priority (sampled)
 	duration        *prometheus.HistogramVec // submit -> terminal, by lane
@@ -35,6 +37,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		waits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_job_waits_total", Help: "Durable jobs put back (NAK with delay) until an endpoint admits them.",
+		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_job_deliveries_expired_total", Help: "Durable job deliveries not started because their AckWait ran out first (JetStream redelivers them).",
+		}),
+		busy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_interactive_refused_total", Help: "Interactive calls answered 503 workers_busy because this worker ran its limit of 8 x concurrency calls.",
 		}),
 		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "switchboard_jobs_inflight", Help: "Jobs this worker is running now, by lane.",
@@ -71,6 +79,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.attempts = r(m.attempts).(*prometheus.CounterVec)
 	m.failovers = r(m.failovers).(prometheus.Counter)
 	m.waits = r(m.waits).(prometheus.Counter)
+	m.expired = r(m.expired).(prometheus.Counter)
+	m.busy = r(m.busy).(prometheus.Counter)
 	m.inflight = r(m.inflight).(*prometheus.GaugeVec)
 	m.queueDepth = r(m.queueDepth).(*prometheus.GaugeVec)
 	m.duration = r(m.duration).(*prometheus.HistogramVec)

@@ -30,17 +30,21 @@ func TestAPIKeysNeverLeak(t *testing.T) {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(status)
-			fmt.Fprintf(w, `{"error":{"message":"rejected, you sent %q","type":"server_error"}}`, r.Header.Get("Authorization"))
+			// Valid JSON, so that a worker relaying an upstream error body
+			// as is (a 400) would relay the key.
+			fmt.Fprintf(w, `{"error":{"message":"rejected, you sent %s","type":"server_error"}}`, r.Header.Get("Authorization"))
 		}))
 		t.Cleanup(srv.Close)
 		return srv
 	}
-	e5xx, e401 := echo(http.StatusBadGateway), echo(http.StatusUnauthorized)
+	e5xx, e401, e400 := echo(http.StatusBadGateway), echo(http.StatusUnauthorized), echo(http.StatusBadRequest)
 	good := startMock(t, mock.Config{Name: "good", Models: []string{"m"}, APIKey: goodKey})
 	eps := []config.Endpoint{
 		{Name: "echo5xx", BaseURL: e5xx.URL + "/v1", Models: []string{"m"}, Weight: 1, Tier: 1, APIKey: echoKey},
 		{Name: "echo401", BaseURL: e401.URL + "/v1", Models: []string{"m"}, Weight: 1, Tier: 2, APIKey: echoKey},
 		{Name: "good", BaseURL: good.url, Models: []string{"m"}, Weight: 1, Tier: 3, APIKey: goodKey},
+		// A caller error is relayed to the client as the upstream sent it.
+		{Name: "echo400", BaseURL: e400.URL + "/v1", Models: []string{"m400"}, Weight: 1, Tier: 1, APIKey: echoKey},
 	}
 	var logs lockedBuffer
 	e := newEnv(t, testConfig(eps...))
@@ -67,11 +71,32 @@ func TestAPIKeysNeverLeak(t *testing.T) {
 	}
 	e.outcomes("good", 2)
 
+	// A 400 whose body quotes the key ends a durable job and is relayed
+	// to an interactive caller: with the key taken out.
+	bad := newJob(t)
+	bad.Request = []byte(`{"model":"m400","messages":[{"role":"user","content":"hello"}]}`)
+	e.submit(bad)
+	if rec := e.finished(bad.ID, 20*time.Second); rec.Status != events.JobFailed || rec.Error == nil || rec.Error.StatusCode != http.StatusBadRequest {
+		t.Fatalf("job with a 400: %s %+v, want failed with 400", rec.Status, rec.Error)
+	}
+	req, err = lane.NewRequest("/test", &events.JobSubmitted{ID: "interactive-2", Request: bad.Request, SubmittedAt: time.Now()}, e.nc.NewRespInbox())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply400, err := e.nc.RequestMsg(req, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := reply400.Header.Get(lane.HeaderStatus); got != "400" || !bytes.Contains(reply400.Data, []byte("rejected, you sent")) {
+		t.Fatalf("interactive call with a 400: status %s: %s, want the upstream's 400 body", got, reply400.Data)
+	}
+	e.outcomes("echo400", 2)
+
 	var stored [][]byte
 	for _, stream := range []string{events.StreamHealth, events.StreamResults, "KV_" + events.BucketJobs} {
 		stored = append(stored, streamBytes(t, e.js, stream)...)
 	}
-	stored = append(stored, reply.Data, []byte(fmt.Sprint(reply.Header)), logs.Bytes())
+	stored = append(stored, reply.Data, []byte(fmt.Sprint(reply.Header)), reply400.Data, logs.Bytes())
 	for _, b := range stored {
 		for _, key := range []string{echoKey, goodKey, echoKey[:12]} {
 			if bytes.Contains(b, []byte(key)) {

@@ -73,6 +73,9 @@ type Options struct {
 	// (tests: a non-nil error makes the handler behave as if the process
 	// died there, leaving the message unacked).
 	beforeCall func(job *events.JobSubmitted, delivery int) error
+	// handOff, when set, runs in the durable dispatcher before it hands a
+	// pulled job to a slot (tests: a sleep simulates a stalled process).
+	handOff func(m jetstream.Msg)
 }
 
 // Service is a request worker. Create it with New and start it with Run.
@@ -180,8 +183,8 @@ func New(o Options) (*Service, error) {
 // Run serves both lanes until ctx ends, then shuts down in order: it stops
 // taking jobs, lets in-flight ones finish within ShutdownGrace (then
 // abandons them: durable jobs are NAKed, interactive calls answered), NAKs
-// prefetched durable jobs so other workers take them at once, flushes the
-// outcome events and waits for pending callbacks. It returns nil after a
+// a durable job it was handing to a slot so other workers take it at once,
+// flushes the outcome events and waits for pending callbacks. It returns nil after a
 // clean shutdown and an error only if it could not start.
 func (s *Service) Run(ctx context.Context) error {
 	ctx0 := ctx
@@ -249,7 +252,12 @@ func (s *Service) Run(ctx context.Context) error {
 	jobs := &tracker{} // every job handler, both lanes
 	isem := make(chan struct{}, 8*s.cfg.Concurrency)
 	isub, err := s.o.NC.QueueSubscribe(events.SubjectJobInteractive, events.QueueWorkers, func(m *nats.Msg) {
-		isem <- struct{}{}
+		select {
+		case isem <- struct{}{}:
+		default: // full: answer now rather than stall every call behind this one
+			s.refuseBusy(m, cap(isem))
+			return
+		}
 		if !jobs.add() {
 			<-isem
 			s.refuseInteractive(m)
@@ -273,8 +281,8 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe %s: %w", lane.SubjectCancel, err)
 	}
 
-	// Durable lane: one feeder per priority consumer, Concurrency slots.
-	d, err := s.startDurable(consumers)
+	// Durable lane: a dispatcher pulling for free slots, Concurrency slots.
+	d, err := s.startDurable()
 	if err != nil {
 		_ = isub.Unsubscribe()
 		_ = csub.Unsubscribe()
@@ -301,8 +309,8 @@ func (s *Service) Run(ctx context.Context) error {
 
 	// 1. Take nothing new: drain the interactive subscription (calls
 	//    already delivered to it still run, or are refused with a 503 once
-	//    the grace began) and stop the durable feeders (their prefetched
-	//    messages are NAKed).
+	//    the grace began) and stop the durable dispatcher (a job it holds
+	//    is NAKed, its pull requests end).
 	if err := isub.Drain(); err != nil {
 		_ = isub.Unsubscribe()
 	}
@@ -354,7 +362,11 @@ func (s *Service) ensureConsumers(ctx context.Context) ([]jetstream.Consumer, er
 			FilterSubject: events.JobSubmitSubject(p),
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       s.cfg.AckWait,
-			MaxDeliver:    s.cfg.MaxDeliver,
+			// Redeliver without limit: a job JetStream stopped delivering
+			// would be lost with no record saying so (a NAK at shutdown or
+			// for a wait on the last delivery). The worker enforces
+			// max_deliver itself and ends such jobs with a record.
+			MaxDeliver:    -1,
 			MaxAckPending: s.cfg.MaxAckPending,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 			// No BackOff (it would replace AckWait and redeliver running

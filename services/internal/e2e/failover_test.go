@@ -81,6 +81,12 @@ func TestTenThousandJobsSurviveFailures(t *testing.T) {
 	base.NATS.Replicas = 3
 	base.Breaker.RecoveryTimeout = time.Second
 	base.Breaker.MaxRecoveryTimeout = 4 * time.Second
+	// Each worker stops calling b for 5 s once a call to it failed (local
+	// suspicion), so b fails only the calls already on their way to it
+	// then, and the jobs of the second part are done within those 5 s:
+	// with the default threshold of 5 consecutive failures, whether the
+	// breaker opened depended on how many happened to be in flight.
+	base.Breaker.FailureThreshold = 2
 	base.Evaluator.Instance = "ev1"
 	base.Evaluator.TickInterval = 100 * time.Millisecond
 	base.Worker.Concurrency = 32

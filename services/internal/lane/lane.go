@@ -25,8 +25,10 @@
 // could not read; 404 when no configured endpoint serves the model; 502 when
 // every attempt failed; 503 when no endpoint can take the call now or
 // before the deadline (with Retry-After when an endpoint reopens at a known
-// time), and when the call was cancelled or the worker is stopping; 504
-// when the deadline passed while the call ran.
+// time), when the worker already runs its limit of interactive calls
+// (CodeWorkerBusy, Retry-After 1: the worker answers at once instead of
+// holding the call), and when the call was cancelled or the worker is
+// stopping; 504 when the deadline passed while the call ran.
 //
 // # Replies, stream ("stream": true in the chat request)
 //
@@ -34,9 +36,11 @@
 //     the upstream stream produced its first event, so that every failover
 //     happens before it.
 //   - StreamData, any number: body = raw SSE bytes exactly as the upstream
-//     sent them (e.g. "data: {...}\n\n"), batched as they were read. A
-//     message may hold several events or part of one: the gateway writes the
-//     bytes through in order and flushes.
+//     sent them (e.g. "data: {...}\n\n"), batched as they were read, but
+//     whole events only: a message holds one or more complete events (an
+//     event the upstream broke off in the middle is never sent), so that an
+//     error event the gateway appends starts on an event boundary. The
+//     gateway writes the bytes through in order and flushes.
 //   - then exactly one of StreamEnd (empty body; the upstream sent
 //     "data: [DONE]") or StreamError (HeaderStatus set to what the status
 //     would have been, e.g. 502 or 504; body = ErrorBody, code
@@ -120,6 +124,7 @@ const (
 	CodeInternal       = "internal_error"        // 500: the worker failed
 	CodeUpstreamFailed = "upstream_failed"       // 502: every attempt failed
 	CodeNoEndpoint     = "no_endpoint_available" // 503: no endpoint admits the call now
+	CodeWorkerBusy     = "workers_busy"          // 503: the worker runs its limit of interactive calls
 	CodeDeadline       = "deadline_exceeded"     // 504: the job's deadline passed
 	CodeStreamBroken   = "stream_broken"         // the upstream stream broke after its first event
 	CodeCancelled      = "cancelled"             // the gateway cancelled the call

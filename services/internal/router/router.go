@@ -56,6 +56,9 @@ type Choice struct {
 	RetryAt time.Time
 	// Reason says why nothing was chosen, e.g. `ep1: breaker open until ...`.
 	Reason string
+	// Others, when OK, counts the other untried endpoints that admit the
+	// call now: where the job could fail over at once if this call fails.
+	Others int
 }
 
 // Options configure a Router.
@@ -212,6 +215,7 @@ func (r *Router) Choose(model string, exclude func(name string) bool, now time.T
 		}
 	}
 	ch.OK = true
+	ch.Others = len(cands) - 1
 	ch.Candidate = r.pick(top)
 	ch.RetryAt, ch.Reason = time.Time{}, ""
 	return ch

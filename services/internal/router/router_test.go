@@ -210,3 +210,28 @@ func TestWeightedFollowsInverseLatency(t *testing.T) {
 		}
 	}
 }
+
+func TestChooseCountsOthers(t *testing.T) {
+	three := []config.Endpoint{ep("a", 1, 0, "m"), ep("b", 2, 0, "m"), ep("c", 3, 0, "m")}
+	healthy := states{"a": st("a", events.HealthHealthy, 1), "b": st("b", events.HealthHealthy, 1), "c": st("c", events.HealthHealthy, 1)}
+	tests := []struct {
+		name    string
+		states  states
+		exclude string
+		want    int
+	}{
+		{name: "all admit", states: healthy, want: 2},
+		{name: "tried ones do not count", states: healthy, exclude: "b", want: 1},
+		{name: "refusing ones do not count", states: states{"a": st("a", events.HealthHealthy, 1),
+			"b": open(st("b", events.HealthHealthy, 1), t0.Add(time.Minute)), "c": open(st("c", events.HealthHealthy, 1), t0.Add(time.Minute))}, want: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRouter(t, config.StrategyTier, three, tc.states, 0)
+			ch := r.Choose("m", func(n string) bool { return n == tc.exclude }, t0)
+			if !ch.OK || ch.Others != tc.want {
+				t.Errorf("choice %+v: %d others, want %d", ch, ch.Others, tc.want)
+			}
+		})
+	}
+}
