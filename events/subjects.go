@@ -13,6 +13,7 @@ const (
 	SubjectJobSubmitAll   = "switchboard.jobs.submit.>"
 	SubjectJobDoneAll     = "switchboard.jobs.done.>"
 	SubjectJobDeadAll     = "switchboard.jobs.dead.>"
+	SubjectJobCallbackAll = "switchboard.jobs.callback.>"
 	SubjectDeadAll        = "switchboard.dead.>"
 	SubjectJobInteractive = "switchboard.jobs.interactive"
 
@@ -21,6 +22,8 @@ const (
 	StreamJobs    = "SWITCHBOARD_JOBS"
 	StreamResults = "SWITCHBOARD_RESULTS"
 	StreamDLQ     = "SWITCHBOARD_DLQ"
+	// StreamCallbacks is the work queue of job callbacks still to POST.
+	StreamCallbacks = "SWITCHBOARD_CALLBACKS"
 
 	BucketEndpoints = "switchboard-endpoints"
 	BucketJobs      = "switchboard-jobs"
@@ -60,6 +63,11 @@ func JobSubmitSubject(p Priority) string { return "switchboard.jobs.submit." + s
 
 // JobDoneSubject is where the finished event of job id is published.
 func JobDoneSubject(id string) string { return "switchboard.jobs.done." + id }
+
+// JobCallbackSubject is where the callback of job id waits to be POSTed:
+// a copy of its finished event, kept in the work queue SWITCHBOARD_CALLBACKS
+// until a worker delivered it (or gave up on it).
+func JobCallbackSubject(id string) string { return "switchboard.jobs.callback." + id }
 
 // JobDeadSubject is where a dead-lettered job is published.
 func JobDeadSubject(id string) string { return "switchboard.jobs.dead." + id }

@@ -207,10 +207,18 @@ func (j *Jobs) Cancel(ctx context.Context, id string) (events.JobRecord, error) 
 	return events.JobRecord{}, fmt.Errorf("cancel job %s: too many compare-and-set conflicts", id)
 }
 
+// publishFinished publishes the finished event of a cancelled job and, when
+// the job has a callback URL, queues its callback (the workers POST it).
 func (j *Jobs) publishFinished(ctx context.Context, rec events.JobRecord) error {
-	_, err := natsx.Publisher{JS: j.JS, Source: j.Source}.Publish(ctx, events.FinishedEventID(rec.ID), &events.JobFinished{JobRecord: rec})
+	m, err := natsx.EncodeMsg(j.Source, events.FinishedEventID(rec.ID), &events.JobFinished{JobRecord: rec})
+	if err == nil {
+		_, err = j.JS.PublishMsg(ctx, m)
+	}
+	if err == nil && rec.CallbackURL != "" {
+		_, err = j.JS.PublishMsg(ctx, natsx.CallbackMsg(rec.ID, m.Header, m.Data))
+	}
 	if err != nil {
-		return fmt.Errorf("cancel job %s: record is cancelled but its finished event was not published (retry the cancel): %w", rec.ID, err)
+		return fmt.Errorf("cancel job %s: record is cancelled but its finished event or callback was not published (retry the cancel): %w", rec.ID, err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -194,6 +195,47 @@ func TestJobLifecycle(t *testing.T) {
 				t.Errorf("got %s, want %d with %q", r, tc.status, tc.reason)
 			}
 		})
+	}
+}
+
+// TestCancelQueuesCallback: cancelling a job with a callback URL queues
+// its callback (a copy of the finished event) for the workers to POST, once
+// however often the cancel is retried; a job without one queues nothing.
+func TestCancelQueuesCallback(t *testing.T) {
+	e := startGateway(t, testConfig(t, "", false))
+	for _, body := range []map[string]any{{"id": "cb-1", "callback_url": "https://hooks.example/done"}, {"id": "cb-2"}} {
+		if r := e.do(t, "POST", "/v1/jobs", "", jobBody(t, body)); r.status != http.StatusAccepted {
+			t.Fatalf("submit: %s", r)
+		}
+		for range 2 {
+			if r := e.do(t, "DELETE", "/v1/jobs/"+body["id"].(string), "", nil); r.status != http.StatusOK {
+				t.Fatalf("cancel: %s", r)
+			}
+		}
+	}
+	if st := streamState(t, e.js, events.StreamCallbacks); st.Msgs != 1 {
+		t.Fatalf("%s holds %d messages, want 1 (the callback of cb-1)", events.StreamCallbacks, st.Msgs)
+	}
+	ctx := context.Background()
+	cbs, _ := e.js.Stream(ctx, events.StreamCallbacks)
+	cb, err := cbs.GetLastMsgForSubject(ctx, events.JobCallbackSubject("cb-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _ := e.js.Stream(ctx, events.StreamResults)
+	fin, err := res.GetLastMsgForSubject(ctx, events.JobDoneSubject("cb-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(cb.Data, fin.Data) {
+		t.Errorf("queued callback differs from the finished event:\n%s\n%s", cb.Data, fin.Data)
+	}
+	env, err := events.Decoder{Schema: schemas.Validate}.Decode(cb.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec := env.Data.(*events.JobFinished); rec.Status != events.JobCancelled || rec.CallbackURL != "https://hooks.example/done" {
+		t.Errorf("queued callback: %+v", rec)
 	}
 }
 

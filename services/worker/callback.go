@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +16,9 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-llm/switchboard/events"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
@@ -30,16 +34,25 @@ const (
 	HeaderEventID = "Switchboard-Event-Id"
 )
 
-// callbackTries is how often a callback is tried; the pauses between tries
-// double from callbackBackoff.
+// CallbackConsumer is the durable consumer of SWITCHBOARD_CALLBACKS shared
+// by all workers.
+const CallbackConsumer = "workers-callbacks"
+
+// Callback delivery: callbackTries POSTs at most, the pauses between them
+// doubling from callbackBackoff (0.5 s, 1 s, 2 s, 4 s).
 const (
 	callbackTries   = 5
 	callbackBackoff = 500 * time.Millisecond
+	// callbackSenders is how many callbacks one worker POSTs at a time.
+	callbackSenders = 4
+	// callbackAckWaitMargin is added to worker.callback_timeout to make the
+	// AckWait of a callback being POSTed: only a worker that died hands it
+	// on.
+	callbackAckWaitMargin = 5 * time.Second
+	// callbackPoll is the expiry of a sender's pull request when none is
+	// waiting.
+	callbackPoll = 5 * time.Second
 )
-
-// maxPendingCallbacks bounds the callbacks a worker holds in memory (queued
-// or being sent); more are dropped, counted as result "dropped" and logged.
-const maxPendingCallbacks = 10000
 
 // Sign returns the Switchboard-Signature value of body sent at t.
 func Sign(secret string, t time.Time, body []byte) string {
@@ -51,144 +64,140 @@ func Sign(secret string, t time.Time, body []byte) string {
 	return "t=" + ts + ",v1=" + hex.EncodeToString(mac.Sum(nil))
 }
 
-// callbacks posts finished job records to their callback URLs from a small
-// pool of goroutines, so that no job waits for a callback. The queue is in
-// memory and bounded (max): a worker that dies loses its pending callbacks,
-// and one whose receivers cannot keep up drops new ones (the finished event
-// in SWITCHBOARD_RESULTS is the durable signal).
+// callbacks POSTs finished job records to their callback URLs. The
+// callbacks wait in the work queue SWITCHBOARD_CALLBACKS (the worker that
+// finishes a job queues a copy of its finished event there before it acks
+// the job), and every worker pulls from it: a callback is acked once its
+// POST succeeded, or when it failed for good, so a worker that dies
+// mid-POST or with callbacks still to retry hands them to the others
+// after callbackAckWait. Delivery is at least once: receivers drop
+// duplicates by HeaderEventID.
 type callbacks struct {
+	cons   jetstream.Consumer
 	client *http.Client
 	secret config.Secret
 	log    *slog.Logger
 	met    *metrics
-	max    int // pending callbacks at most
-
-	mu     sync.Mutex
-	queue  []*events.JobRecord
-	closed bool
-	wake   chan struct{}
-	busy   int
+	// backoff is the pause after the first failed try; it doubles.
+	backoff time.Duration
 }
 
-func newCallbacks(c *http.Client, secret config.Secret, log *slog.Logger, met *metrics) *callbacks {
-	return &callbacks{client: c, secret: secret, log: log, met: met, max: maxPendingCallbacks, wake: make(chan struct{}, 1)}
-}
-
-// enqueue schedules the callback of a finished record; it never blocks.
-// When max callbacks are pending already it drops this one.
-func (c *callbacks) enqueue(rec *events.JobRecord) {
-	if u, err := url.Parse(rec.CallbackURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
-		c.log.Warn("callback url is not http(s); not called", "job", rec.ID)
-		return
+// ensureCallbackConsumer creates or updates the shared callback consumer.
+func (s *Service) ensureCallbackConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	cc := jetstream.ConsumerConfig{
+		Durable:     CallbackConsumer,
+		Description: "request workers: job callbacks to POST",
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		AckWait:     s.cfg.CallbackTimeout + callbackAckWaitMargin,
+		// The worker counts the tries and acks a callback it gives up on:
+		// one JetStream stopped delivering would sit in the work queue.
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
-	c.mu.Lock()
-	if n := len(c.queue) + c.busy; n >= c.max {
-		c.mu.Unlock()
-		c.met.callbacks.WithLabelValues("dropped").Inc()
-		c.log.Warn("callback queue full; callback dropped", "job", rec.ID, "pending", n)
-		return
-	}
-	c.queue = append(c.queue, rec)
-	c.mu.Unlock()
-	c.signal()
-}
-
-func (c *callbacks) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
+	for {
+		c, err := s.o.JS.CreateOrUpdateConsumer(ctx, events.StreamCallbacks, cc)
+		if err == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil || !retryable(err) {
+			return nil, fmt.Errorf("worker: create consumer %s: %w", CallbackConsumer, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-func (c *callbacks) pending() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.queue) + c.busy
-}
-
-// close lets the senders exit once the queue is empty.
-func (c *callbacks) close() {
-	c.mu.Lock()
-	c.closed = true
-	c.mu.Unlock()
-	c.signal()
-}
-
-// start runs n senders until close was called and the queue is empty, or
-// ctx ends (pending callbacks are then dropped, with a log line). The
-// returned channel closes when every sender returned.
-func (c *callbacks) start(ctx context.Context, n int) <-chan struct{} {
+// run starts n senders. They pull callbacks until pull ends and return
+// once their POST in flight returned; post bounds the POSTs (ending it
+// abandons them to another worker). The returned channel closes when
+// every sender returned.
+func (c *callbacks) run(pull, post context.Context, n int) <-chan struct{} {
 	var wg sync.WaitGroup
 	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				c.mu.Lock()
-				if len(c.queue) > 0 {
-					rec := c.queue[0]
-					c.queue[0] = nil
-					c.queue = c.queue[1:]
-					c.busy++
-					more := len(c.queue) > 0
-					c.mu.Unlock()
-					if more {
-						c.signal() // keep the other senders going
+		wg.Go(func() {
+			for pull.Err() == nil {
+				ctx, cancel := context.WithTimeout(pull, callbackPoll)
+				batch, err := c.cons.Fetch(1, jetstream.FetchContext(ctx))
+				if err != nil {
+					cancel()
+					if pull.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+						c.log.Warn("pull job callbacks", "err", err)
+						sleepCtx(pull, time.Second)
 					}
-					c.send(ctx, rec)
-					c.mu.Lock()
-					c.busy--
-					c.mu.Unlock()
 					continue
 				}
-				closed := c.closed
-				c.mu.Unlock()
-				if closed {
-					c.signal() // let the next sender see it too
-					return
+				for m := range batch.Messages() {
+					c.handle(post, m)
 				}
-				select {
-				case <-ctx.Done():
-					return
-				case <-c.wake:
+				cancel()
+				if err := batch.Error(); err != nil && pull.Err() == nil &&
+					!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+					c.log.Warn("pull job callbacks", "err", err)
+					sleepCtx(pull, time.Second)
 				}
 			}
-		}()
+		})
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	return done
 }
 
-// send posts one callback, retrying network errors, 408, 429 and 5xx.
-func (c *callbacks) send(ctx context.Context, rec *events.JobRecord) {
-	body, err := json.Marshal(rec)
-	if err != nil {
-		c.log.Error("encode callback", "job", rec.ID, "err", err)
+// handle POSTs one queued callback and acks it, or NAKs it with the next
+// pause when the POST may succeed later and tries are left.
+func (c *callbacks) handle(ctx context.Context, m jetstream.Msg) {
+	env, err := events.Decode(m.Data())
+	var fin *events.JobFinished
+	if err == nil {
+		var ok bool
+		if fin, ok = env.Data.(*events.JobFinished); !ok {
+			err = fmt.Errorf("event type %s is not %s", env.Type, events.TypeJobFinished)
+		}
+	}
+	if err != nil { // nothing to POST, ever: drop it
+		c.met.callbacks.WithLabelValues("failed").Inc()
+		c.log.Error("undecodable job callback dropped", "subject", m.Subject(), "err", err)
+		_ = m.Term()
 		return
 	}
-	pause := callbackBackoff
-	for try := 1; ; try++ {
-		status, err := c.post(ctx, rec, body)
-		if err == nil && status < 300 {
-			c.met.callbacks.WithLabelValues("delivered").Inc()
-			return
-		}
-		retry := err != nil || status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500
-		if !retry || try == callbackTries || ctx.Err() != nil {
-			c.met.callbacks.WithLabelValues("failed").Inc()
-			c.log.Warn("callback failed", "job", rec.ID, "tries", try, "status", status, "err", err)
-			return
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(pause):
-		}
-		pause *= 2
+	rec := &fin.JobRecord
+	if u, err := url.Parse(rec.CallbackURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		c.met.callbacks.WithLabelValues("failed").Inc()
+		c.log.Warn("callback url is not http(s); not called", "job", rec.ID)
+		_ = m.Ack()
+		return
 	}
+	try := 1
+	if md, err := m.Metadata(); err == nil {
+		try = int(md.NumDelivered)
+	}
+	status, err := c.post(ctx, rec)
+	if err == nil && status < 300 {
+		c.met.callbacks.WithLabelValues("delivered").Inc()
+		_ = m.Ack()
+		return
+	}
+	if ctx.Err() != nil { // this worker is stopping: another one tries again
+		_ = m.Nak()
+		return
+	}
+	retry := err != nil || status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500
+	if !retry || try >= callbackTries {
+		c.met.callbacks.WithLabelValues("failed").Inc()
+		c.log.Warn("callback failed", "job", rec.ID, "tries", try, "status", status, "err", err)
+		_ = m.Ack()
+		return
+	}
+	c.met.callbacks.WithLabelValues("retried").Inc()
+	c.log.Debug("callback failed; retrying", "job", rec.ID, "try", try, "status", status, "err", err)
+	_ = m.NakWithDelay(c.backoff << (try - 1))
 }
 
-func (c *callbacks) post(ctx context.Context, rec *events.JobRecord, body []byte) (int, error) {
+// post sends rec to its callback URL once.
+func (c *callbacks) post(ctx context.Context, rec *events.JobRecord) (int, error) {
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return 0, fmt.Errorf("encode callback: %w", err)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, rec.CallbackURL, bytes.NewReader(body))
 	if err != nil {
 		return 0, fmt.Errorf("callback request: %w", err)

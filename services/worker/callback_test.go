@@ -1,40 +1,133 @@
 package worker
 
 import (
-	"fmt"
-	"log/slog"
-	"strings"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-llm/switchboard/events"
+	"github.com/switchboard-llm/switchboard/services/internal/natstest"
+	"github.com/switchboard-llm/switchboard/services/mock"
 )
 
-// TestCallbackQueueIsBounded: when callbacks pile up faster than they go
-// out, the queue stops at maxPendingCallbacks and the rest are dropped and
-// counted, instead of growing without bound.
-func TestCallbackQueueIsBounded(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	met, err := newMetrics(reg)
+// callbacksQueued is how many callbacks wait in SWITCHBOARD_CALLBACKS.
+func (e *env) callbacksQueued() uint64 {
+	e.t.Helper()
+	s, err := e.js.Stream(context.Background(), events.StreamCallbacks)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// TestCallbackGivesUp: a receiver that keeps failing with a status worth
+// retrying gets callbackTries POSTs, one that refuses the callback (4xx)
+// gets one; then the callback is counted failed and leaves the queue.
+func TestCallbackGivesUp(t *testing.T) {
+	for _, tc := range []struct {
+		status, posts int
+	}{
+		{http.StatusServiceUnavailable, callbackTries},
+		{http.StatusBadRequest, 1},
+	} {
+		t.Run(http.StatusText(tc.status), func(t *testing.T) {
+			a := startMock(t, mock.Config{Name: "a", Models: []string{"m"}})
+			var posts atomic.Int32
+			hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				posts.Add(1)
+				w.WriteHeader(tc.status)
+			}))
+			defer hook.Close()
+			e := newEnv(t, testConfig(a.endpoint(1)))
+			reg := prometheus.NewRegistry()
+			e.startWorker(Options{Registerer: reg, callbackBackoff: 10 * time.Millisecond})
+			job := newJob(t)
+			job.CallbackURL = hook.URL
+			e.submit(job)
+			e.finished(job.ID, 10*time.Second)
+			natstest.WaitFor(t, 10*time.Second, "the callback to leave the queue", func() bool {
+				return posts.Load() > 0 && e.callbacksQueued() == 0
+			})
+			if got := int(posts.Load()); got != tc.posts {
+				t.Errorf("%d POSTs, want %d", got, tc.posts)
+			}
+			want := map[string]float64{
+				`switchboard_job_callbacks_total{result="failed"}`:    1,
+				`switchboard_job_callbacks_total{result="retried"}`:   float64(tc.posts - 1),
+				`switchboard_job_callbacks_total{result="delivered"}`: 0,
+			}
+			if diff := cmp.Diff(want, gather(t, reg, want)); diff != "" {
+				t.Errorf("metrics (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestCallbackSurvivesItsWorker: a worker that stops while its callback
+// POST hangs hands the callback back; another worker delivers it, with the
+// same event id.
+func TestCallbackSurvivesItsWorker(t *testing.T) {
+	a := startMock(t, mock.Config{Name: "a", Models: []string{"m"}})
+	var col collector
+	var posts atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		col.add(map[string]string{"id": r.Header.Get(HeaderEventID)}, r.Body)
+		if posts.Add(1) == 1 {
+			<-r.Context().Done() // hang until the worker gives up on it
+			return
+		}
+	}))
+	defer hook.Close()
+	e := newEnv(t, testConfig(a.endpoint(1)))
+
+	first, err := New(Options{Config: e.cfg, NC: e.nc, JS: e.js, Log: testLog(), ShutdownGrace: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedBuffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
-	c := newCallbacks(nil, "", log, met) // no senders: nothing leaves the queue
-	const extra = 3
-	for i := range maxPendingCallbacks + extra {
-		c.enqueue(&events.JobRecord{ID: fmt.Sprintf("job-%d", i), CallbackURL: "http://127.0.0.1:9/hook"})
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- first.Run(ctx) }()
+	<-first.Ready()
+	job := newJob(t)
+	job.CallbackURL = hook.URL + "/done"
+	e.submit(job)
+	e.finished(job.ID, 10*time.Second)
+	natstest.WaitFor(t, 10*time.Second, "the first POST", func() bool { return posts.Load() == 1 })
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first worker did not stop")
 	}
-	if got := c.pending(); got != maxPendingCallbacks {
-		t.Errorf("%d callbacks pending, want %d", got, maxPendingCallbacks)
+	if n := e.callbacksQueued(); n != 1 {
+		t.Fatalf("%d callbacks queued after the first worker stopped, want 1", n)
 	}
-	key := `switchboard_job_callbacks_total{result="dropped"}`
-	if got := gather(t, reg, map[string]float64{key: 0})[key]; got != extra {
-		t.Errorf("%s = %v, want %d", key, got, extra)
+
+	reg := prometheus.NewRegistry()
+	e.startWorker(Options{Registerer: reg})
+	natstest.WaitFor(t, 10*time.Second, "the callback delivered by the second worker", func() bool {
+		return posts.Load() == 2 && e.callbacksQueued() == 0
+	})
+	for i, r := range col.all() {
+		if r.header["id"] != events.FinishedEventID(job.ID) {
+			t.Errorf("POST %d: event id %q", i, r.header["id"])
+		}
 	}
-	if n := strings.Count(logs.String(), "callback queue full"); n != extra {
-		t.Errorf("%d log lines about dropped callbacks, want %d:\n%s", n, extra, logs.String())
+	want := map[string]float64{`switchboard_job_callbacks_total{result="delivered"}`: 1}
+	if diff := cmp.Diff(want, gather(t, reg, want)); diff != "" {
+		t.Errorf("metrics (-want +got):\n%s", diff)
 	}
 }

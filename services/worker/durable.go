@@ -216,7 +216,11 @@ func (s *Service) publishFinished(m jetstream.Msg, rec *events.JobRecord, data [
 		// likely stored already. Looking first keeps it to one event even
 		// past the stream's duplicate window.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := s.results.GetLastMsgForSubject(ctx, events.JobDoneSubject(rec.ID))
+		stored, err := s.results.GetLastMsgForSubject(ctx, events.JobDoneSubject(rec.ID))
+		if err == nil && rec.CallbackURL != "" {
+			// The writer may have died between the event and the callback.
+			err = s.queueCallback(ctx, rec.ID, stored.Header, stored.Data)
+		}
 		cancel()
 		if err == nil {
 			_ = m.Ack()
@@ -251,9 +255,16 @@ func (s *Service) publishFinished(m jetstream.Msg, rec *events.JobRecord, data [
 	go func() {
 		defer s.tails.Done()
 		select {
-		case ack := <-fut.Ok():
-			if rec.CallbackURL != "" && (wrote || !ack.Duplicate) {
-				s.cb.enqueue(rec)
+		case <-fut.Ok():
+			if rec.CallbackURL != "" {
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				err := s.queueCallback(ctx, rec.ID, msg.Header, msg.Data)
+				cancel()
+				if err != nil {
+					s.log.Warn("queue job callback; retrying the job later", "job", rec.ID, "err", err)
+					_ = m.NakWithDelay(time.Second)
+					return
+				}
 			}
 			_ = m.Ack()
 		case err := <-fut.Err():
@@ -261,6 +272,17 @@ func (s *Service) publishFinished(m jetstream.Msg, rec *events.JobRecord, data [
 			_ = m.NakWithDelay(time.Second)
 		}
 	}()
+}
+
+// queueCallback queues the callback of job id, a copy of its finished
+// event (header and body as stored), in SWITCHBOARD_CALLBACKS and waits for
+// JetStream's ack. Queued twice within the duplicate window, it is stored
+// once.
+func (s *Service) queueCallback(ctx context.Context, id string, hdr nats.Header, body []byte) error {
+	if _, err := s.o.JS.PublishMsg(ctx, natsx.CallbackMsg(id, hdr, body)); err != nil {
+		return fmt.Errorf("queue callback of job %s: %w", id, err)
+	}
+	return nil
 }
 
 // wait records that the job waits for an endpoint and NAKs it with a delay
@@ -391,16 +413,18 @@ func (s *Service) deadLetter(m jetstream.Msg, job *events.JobSubmitted, rec *eve
 		s.met.duration.WithLabelValues(string(events.LaneDurable)).Observe(now.Sub(final.SubmittedAt).Seconds())
 	}
 	s.log.Warn("job dead-lettered", "job", job.ID, "reason", reason)
-	p := natsx.Publisher{JS: s.o.JS, Source: s.source}
-	ack, err := p.Publish(ctx, events.FinishedEventID(final.ID), &events.JobFinished{JobRecord: *final})
+	fm, err := s.enc.msg(events.FinishedEventID(final.ID), &events.JobFinished{JobRecord: *final}, s.now())
+	if err == nil {
+		_, err = s.o.JS.PublishMsg(ctx, fm)
+	}
+	if err == nil && final.CallbackURL != "" {
+		err = s.queueCallback(ctx, final.ID, fm.Header, fm.Data)
+	}
 	if err != nil {
 		// The record is terminal: the next delivery publishes the event.
 		s.log.Error("publish finished event of a dead-lettered job; retrying later", "job", job.ID, "err", err)
 		_ = m.NakWithDelay(time.Second)
 		return
-	}
-	if final.CallbackURL != "" && (wrote || !ack.Duplicate) {
-		s.cb.enqueue(final)
 	}
 	_ = m.Term()
 }

@@ -60,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "switchboard_outcome_publish_errors_total", Help: "Request-outcome events that could not be published.",
 		}),
 		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_job_callbacks_total", Help: "Job callbacks, by result (delivered or failed after retries).",
+			Name: "switchboard_job_callbacks_total", Help: "Job callback POSTs, by result: delivered, retried (a failed try with tries left), failed (given up on).",
 		}, []string{"result"}),
 	}
 	if reg == nil {
@@ -87,6 +87,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.upstreamLatency = r(m.upstreamLatency).(*prometheus.HistogramVec)
 	m.outcomeErrors = r(m.outcomeErrors).(prometheus.Counter)
 	m.callbacks = r(m.callbacks).(*prometheus.CounterVec)
+	for _, res := range []string{"delivered", "retried", "failed"} {
+		m.callbacks.WithLabelValues(res) // every result is exported, from 0
+	}
 	if err != nil {
 		return nil, fmt.Errorf("worker: register metrics: %w", err)
 	}

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -51,7 +52,8 @@ type Options struct {
 
 	// HTTPClient makes the upstream calls; nil = upstream.NewClient.
 	HTTPClient *http.Client
-	// CallbackClient posts job callbacks; nil = a client with a 10 s timeout.
+	// CallbackClient posts job callbacks; nil = a client with the timeout
+	// worker.callback_timeout.
 	CallbackClient *http.Client
 	// Now is the clock; nil = time.Now.
 	Now func() time.Time
@@ -73,6 +75,8 @@ type Options struct {
 	// (tests: a non-nil error makes the handler behave as if the process
 	// died there, leaving the message unacked).
 	beforeCall func(job *events.JobSubmitted, delivery int) error
+	// callbackBackoff, when set, replaces callbackBackoff (tests).
+	callbackBackoff time.Duration
 	// handOff, when set, runs in the durable dispatcher before it hands a
 	// pulled job to a slot (tests: a sleep simulates a stalled process).
 	handOff func(m jetstream.Msg)
@@ -96,7 +100,6 @@ type Service struct {
 	results jetstream.Stream    // SWITCHBOARD_RESULTS, to look up finished events
 	tails   sync.WaitGroup      // jobs waiting for their finished event's ack
 	met     *metrics
-	cb      *callbacks
 
 	// hard ends every job's context when the shutdown grace is over.
 	hard       context.Context
@@ -159,7 +162,7 @@ func New(o Options) (*Service, error) {
 		o.HTTPClient = upstream.NewClient(2 * w.Concurrency)
 	}
 	if o.CallbackClient == nil {
-		o.CallbackClient = &http.Client{Timeout: 10 * time.Second}
+		o.CallbackClient = &http.Client{Timeout: o.Config.Worker.CallbackTimeout}
 	}
 	s := &Service{
 		o:        o,
@@ -228,6 +231,10 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	cbCons, err := s.ensureCallbackConsumer(setupCtx)
+	if err != nil {
+		return err
+	}
 
 	var bg sync.WaitGroup // background actors that end with ctx
 	viewCtx, stopView := context.WithCancel(context.Background())
@@ -244,9 +251,12 @@ func (s *Service) Run(ctx context.Context) error {
 
 	s.hard, s.hardCancel = context.WithCancel(context.Background())
 	defer s.hardCancel()
-	s.cb = newCallbacks(s.o.CallbackClient, s.cfg.CallbackSecret, s.log, s.met)
-	cbCtx, stopCB := context.WithCancel(context.Background())
-	cbDone := s.cb.start(cbCtx, 8)
+	cb := &callbacks{cons: cbCons, client: s.o.CallbackClient, secret: s.cfg.CallbackSecret, log: s.log, met: s.met,
+		backoff: cmp.Or(s.o.callbackBackoff, callbackBackoff)}
+	cbPull, stopCBPull := context.WithCancel(context.Background())
+	cbPost, stopCBPost := context.WithCancel(context.Background())
+	stopCB := func() { stopCBPull(); stopCBPost() }
+	cbDone := cb.run(cbPull, cbPost, callbackSenders)
 
 	// Interactive lane: a queue subscription plus the cancel broadcast.
 	jobs := &tracker{} // every job handler, both lanes
@@ -337,13 +347,15 @@ func (s *Service) Run(ctx context.Context) error {
 	case <-time.After(5 * time.Second):
 		s.log.Warn("outcome events not all acknowledged at shutdown", "pending", s.asyncJS.PublishAsyncPending())
 	}
-	// 4. Let pending callbacks go out within the grace.
-	s.cb.close()
+	// 4. Take no more callbacks; let those being POSTed finish within the
+	//    grace, then hand them back (NAK) to the other workers. Callbacks
+	//    waiting for a retry are in the stream already.
+	stopCBPull()
 	select {
 	case <-cbDone:
 	case <-time.After(s.o.ShutdownGrace):
-		s.log.Warn("callbacks still pending at shutdown; giving up on them", "pending", s.cb.pending())
-		stopCB()
+		s.log.Warn("callbacks still being posted at shutdown; handing them back")
+		stopCBPost()
 		<-cbDone
 	}
 	stopCB()

@@ -217,7 +217,10 @@ type Worker struct {
 	MaxAckPending int `yaml:"max_ack_pending"`
 	// CallbackSecret signs job callbacks (HMAC-SHA256); ${ENV} reference.
 	CallbackSecret Secret `yaml:"callback_secret"`
-	AdminListen    string `yaml:"admin_listen"`
+	// CallbackTimeout bounds one callback POST; a worker that died while
+	// POSTing hands the callback on after CallbackTimeout + 5 s.
+	CallbackTimeout time.Duration `yaml:"callback_timeout"`
+	AdminListen     string        `yaml:"admin_listen"`
 }
 
 // Gateway configures the HTTP gateway.

@@ -129,6 +129,7 @@ func TestBadConfigs(t *testing.T) {
 			"bad.yaml:2: breaker.trial_lease_ttl: must be longer than worker.request_timeout (5m0s), or a trial call outlives its lease and more than half_open_requests trials run at once; got 10s"},
 		{"negative weight", ep("    weight: -1\n"), "bad.yaml:5: endpoints[0].weight: must be positive (0 or unset: the default, 1), got -1"},
 		{"jitter of 1", "prober:\n  jitter: 1\n", "bad.yaml:2: prober.jitter: must be in [0, 1) (0: no jitter), got 1"},
+		{"callback timeout under a second", "worker:\n  callback_timeout: 500ms\n", "bad.yaml:2: worker.callback_timeout: must be at least 1s, got 500ms"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -157,6 +157,7 @@ func (c *Config) setDefaults() {
 	setDur(&w.AckWait, 60*time.Second)
 	setInt(&w.MaxDeliver, 5)
 	setInt(&w.MaxAckPending, 1024)
+	setDur(&w.CallbackTimeout, 10*time.Second)
 	setStr(&w.AdminListen, DefaultWorkerAdmin)
 	// After the worker's: a trial lease outlives the call it admits.
 	setDur(&b.TrialLeaseTTL, w.RequestTimeout+TrialLeaseMargin)

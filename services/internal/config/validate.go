@@ -207,6 +207,9 @@ func (c *Config) validate(v *validator) {
 	if w.MaxAckPending < 1 {
 		v.addf("worker.max_ack_pending", "must be at least 1, got %d", w.MaxAckPending)
 	}
+	if w.CallbackTimeout < time.Second {
+		v.addf("worker.callback_timeout", "must be at least 1s, got %s", w.CallbackTimeout)
+	}
 	checkListen(v, "worker.admin_listen", w.AdminListen)
 
 	g := c.Gateway

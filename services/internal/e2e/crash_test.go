@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -88,7 +91,9 @@ func startChild(t *testing.T, cfgFile, natsURL string) *exec.Cmd {
 
 // TestWorkerKilledMidJobs: a worker process is killed with SIGKILL while
 // about a thousand jobs are in flight or queued; a fresh worker process
-// takes over, and every job still finishes exactly once.
+// takes over, and every job still finishes exactly once. Every job has a
+// callback URL, and every callback still arrives (at least once: one in
+// flight at the kill is POSTed again).
 func TestWorkerKilledMidJobs(t *testing.T) {
 	n := 1000
 	if testing.Short() {
@@ -112,6 +117,7 @@ worker:
   concurrency: 32
   ack_wait: 3s
   max_deliver: 5
+  callback_timeout: 1s
 `, ep.url, instance)
 		if err := os.WriteFile(f, []byte(y), 0o600); err != nil {
 			t.Fatal(err)
@@ -121,7 +127,16 @@ worker:
 
 	done := watchDone(t, nc)
 	first := startChild(t, writeCfg("k1"), srv.ClientURL())
-	msgs, ids := newJobs(t, n, "crash")
+	var hookMu sync.Mutex
+	callbacks := map[string]int{} // by event id
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond) // a slow receiver: some callbacks are in flight at the kill
+		hookMu.Lock()
+		callbacks[r.Header.Get(worker.HeaderEventID)]++
+		hookMu.Unlock()
+	}))
+	t.Cleanup(hook.Close)
+	msgs, ids := newJobs(t, n, "crash", func(j *events.JobSubmitted) { j.CallbackURL = hook.URL + "/" + j.ID })
 	submit(t, js, msgs)
 	natstest.WaitFor(t, time.Minute, "a quarter of the jobs finished", func() bool { return done.count() >= n/4 })
 	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
@@ -152,4 +167,26 @@ worker:
 	if redelivered == 0 {
 		t.Error("no job was redelivered: the kill hit no job in flight, so the test proved nothing")
 	}
+
+	missing := func() (n int) {
+		hookMu.Lock()
+		defer hookMu.Unlock()
+		for _, id := range ids {
+			if callbacks[events.FinishedEventID(id)] == 0 {
+				n++
+			}
+		}
+		return n
+	}
+	natstest.WaitFor(t, time.Minute, "every job's callback", func() bool { return missing() == 0 })
+	hookMu.Lock()
+	again := 0
+	for _, c := range callbacks {
+		again += c - 1
+	}
+	t.Logf("%d callbacks for %d jobs: %d POSTed again after the kill", len(callbacks)+again, n, again)
+	if len(callbacks) != n {
+		t.Errorf("callbacks for %d distinct event ids, want %d", len(callbacks), n)
+	}
+	hookMu.Unlock()
 }

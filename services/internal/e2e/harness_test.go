@@ -72,7 +72,7 @@ func connect(t testing.TB, urls string) (*nats.Conn, jetstream.JetStream) {
 }
 
 // newJobs builds n job messages for model "m".
-func newJobs(t testing.TB, n int, prefix string) ([]*nats.Msg, []string) {
+func newJobs(t testing.TB, n int, prefix string, edit ...func(*events.JobSubmitted)) ([]*nats.Msg, []string) {
 	t.Helper()
 	msgs := make([]*nats.Msg, n)
 	ids := make([]string, n)
@@ -82,6 +82,9 @@ func newJobs(t testing.TB, n int, prefix string) ([]*nats.Msg, []string) {
 			ID:          fmt.Sprintf("%s-%05d", prefix, i),
 			Request:     json.RawMessage(fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":"job %d"}]}`, i)),
 			SubmittedAt: now,
+		}
+		for _, f := range edit {
+			f(j)
 		}
 		m, err := natsx.EncodeMsg("/e2e", j.ID, j)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/nats-io/nats.go"
@@ -59,6 +60,20 @@ func (p Publisher) Publish(ctx context.Context, id string, data events.Payload) 
 		return nil, fmt.Errorf("publish %s on %s: %w", data.EventType(), m.Subject, err)
 	}
 	return ack, nil
+}
+
+// CallbackMsg is the message that queues the callback of job id: a copy
+// of the job's finished event (header and body of fin, a message on
+// switchboard.jobs.done.<id>) on switchboard.jobs.callback.<id>, with the
+// same Nats-Msg-Id, so that however many times it is queued within the
+// duplicate window it is stored once.
+func CallbackMsg(id string, fin nats.Header, body []byte) *nats.Msg {
+	m := nats.NewMsg(events.JobCallbackSubject(id))
+	for k, v := range fin {
+		m.Header[k] = slices.Clone(v)
+	}
+	m.Data = body
+	return m
 }
 
 // DeadLetter copies a message that cannot be processed to the dead-letter

@@ -71,6 +71,19 @@ func Streams(cfg config.NATS) []jetstream.StreamConfig {
 			Replicas:    r,
 		},
 		{
+			// Only jobs with a callback URL pass through it: a copy of
+			// their finished event waits here until a worker POSTed it,
+			// so that a callback survives the worker that finished the job.
+			Name:        events.StreamCallbacks,
+			Description: "job callbacks still to POST, a work queue shared by the request workers",
+			Subjects:    []string{events.SubjectJobCallbackAll},
+			Retention:   jetstream.WorkQueuePolicy,
+			MaxAge:      s.ResultsMaxAge,
+			Duplicates:  s.DuplicateWindow,
+			Storage:     jetstream.FileStorage,
+			Replicas:    r,
+		},
+		{
 			Name:        events.StreamDLQ,
 			Description: "dead letters: jobs and events that could not be processed, with the reason",
 			Subjects:    []string{events.SubjectJobDeadAll, events.SubjectDeadAll},
