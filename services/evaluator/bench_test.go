@@ -100,6 +100,7 @@ func benchEvaluator(b *testing.B, replicas int, consume string) {
 	lat = latencies(b, paced, writes)
 	b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
 	b.ReportMetric(ms(lat[len(lat)*99/100]), "p99-ms")
+	b.ReportMetric(float64(len(writes)), "kv-writes")
 	b.ReportMetric(0, "ns/op")
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-llm/switchboard/events"
+	"github.com/switchboard-llm/switchboard/services/evaluator"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/natstest"
 	"github.com/switchboard-llm/switchboard/services/internal/natsx"
@@ -51,6 +52,7 @@ func TestReplicasMatchASingleEvaluator(t *testing.T) {
 	t.Logf("3 replicas applied %d events in %s", len(evs), time.Since(start).Round(time.Millisecond))
 	gotStatus := statusEvents(t, jss[0])
 	stop()
+	consumerStorage(t, jss[0], true)
 
 	// One evaluator on a fresh single node. It is the reference, not the
 	// system under test: it runs without fsync to keep the test short.
@@ -70,6 +72,7 @@ func TestReplicasMatchASingleEvaluator(t *testing.T) {
 	t.Logf("1 evaluator applied %d events in %s", len(evs), time.Since(start).Round(time.Millisecond))
 	wantStatus := statusEvents(t, js1)
 	stop1()
+	consumerStorage(t, js1, false)
 
 	// The final records are equal (revisions differ: the buckets' histories
 	// interleave endpoints differently).
@@ -339,5 +342,18 @@ func testLeases(t *testing.T, servers []*natsx.Server, jss []jetstream.JetStream
 		if len(ids) != 3 {
 			t.Errorf("period %s granted %d leases, want exactly half_open_requests 3: %s", key, len(ids), strings.Join(ids, ", "))
 		}
+	}
+}
+
+// consumerStorage checks the health consumer's storage: memory when
+// replicated, file on one server.
+func consumerStorage(t *testing.T, js jetstream.JetStream, memory bool) {
+	t.Helper()
+	c, err := js.Consumer(context.Background(), events.StreamHealth, evaluator.ConsumerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.CachedInfo().Config.MemoryStorage; got != memory {
+		t.Errorf("health consumer on %d replicas: memory storage %v, want %v", c.CachedInfo().Config.Replicas, got, memory)
 	}
 }

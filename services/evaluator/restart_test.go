@@ -119,7 +119,8 @@ func TestDeletedConsumerIsRecreated(t *testing.T) {
 }
 
 // TestMemoryConsumerIsReplaced: a memory-backed consumer left by an older
-// evaluator is replaced by a file-backed one, which survives a restart.
+// evaluator on one server is replaced by a file-backed one, which survives
+// a restart.
 func TestMemoryConsumerIsReplaced(t *testing.T) {
 	_, _, js := natstest.Start(t)
 	ctx := context.Background()
