@@ -37,7 +37,7 @@ bench:
 	$(BENCH) -bench Prober1000 -benchtime 10x ./services/prober/
 	$(BENCH) -bench Evaluator -benchtime 5000x ./services/evaluator/
 	$(BENCH) -bench DurableVsBare -benchtime 3000x ./services/worker/
-	$(BENCH) -bench Interactive -benchtime 1x ./services/gateway/
+	$(BENCH) -bench Interactive -benchtime 20000x ./services/gateway/
 
 fmt:
 	gofmt -w events schemas services

@@ -30,8 +30,8 @@ type latencies struct {
 	nsPerCall float64
 }
 
-// minCalls is the fewest calls a measurement makes, whatever b.N is (make
-// bench runs every benchmark once, -benchtime 1x): enough for a p99.
+// minCalls is the fewest calls a measurement makes, whatever b.N is (with
+// -benchtime 1x, say): enough for a rough p99.
 const minCalls = 3000
 
 // measure sends max(b.N, minCalls) copies of body to url from clients
@@ -118,10 +118,11 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // in-process responder that answers at once with the mock's answer: what
 // the gateway and NATS cost without the worker and the upstream call.
 //
-// Each sub-benchmark makes at least 3000 calls, so `make bench` (-benchtime
-// 1x) gives usable percentiles:
+// Each sub-benchmark makes at least 3000 calls, so even -benchtime 1x gives
+// rough percentiles; `make bench` makes 20,000, where a p99 is 200 calls and
+// a brief stall of this shared machine moves it less:
 //
-//	go test -run '^$' -bench BenchmarkInteractive -benchtime 1x ./services/gateway/
+//	go test -run '^$' -bench BenchmarkInteractive -benchtime 20000x ./services/gateway/
 func BenchmarkInteractive(b *testing.B) {
 	st := startStack(b, false)
 	body := chatBody("mock-small", "How much does the gateway add?", false)
