@@ -95,16 +95,25 @@ func startGatewayOn(t testing.TB, nc *nats.Conn, js jetstream.JetStream, cfg *co
 	if err != nil {
 		t.Fatalf("new gateway: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
+	e, stop, done := runGateway(t, gw, o)
 	t.Cleanup(func() {
-		cancel()
+		stop()
 		if err := <-done; err != nil {
 			t.Errorf("gateway run: %v", err)
 		}
 	})
-	e := &testEnv{nc: nc, js: js, url: "http://" + ln.Addr().String(), gw: gw, reg: reg, cfg: cfg}
+	return e
+}
+
+// runGateway runs gw, made with o (o.Listener set), until stop is called,
+// and waits until it is ready; done receives what Run returned.
+func runGateway(t testing.TB, gw *Gateway, o Options) (e *testEnv, stop context.CancelFunc, done <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- gw.Run(ctx) }()
+	reg, _ := o.Gatherer.(*prometheus.Registry)
+	e = &testEnv{nc: o.NC, js: o.JS, url: "http://" + o.Listener.Addr().String(), gw: gw, reg: reg, cfg: o.Config}
 	natstest.WaitFor(t, 10*time.Second, "gateway ready", func() bool {
 		resp, err := http.Get(e.url + "/readyz")
 		if err != nil {
@@ -113,7 +122,7 @@ func startGatewayOn(t testing.TB, nc *nats.Conn, js jetstream.JetStream, cfg *co
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	return e
+	return e, cancel, ran
 }
 
 // response is a finished HTTP exchange.

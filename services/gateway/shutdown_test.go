@@ -20,22 +20,12 @@ func TestShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := New(Options{Config: cfg, NC: nc, JS: js, Listener: ln})
+	o := Options{Config: cfg, NC: nc, JS: js, Listener: ln}
+	gw, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	e := &testEnv{nc: nc, js: js, url: "http://" + ln.Addr().String(), gw: gw, cfg: cfg}
-	natstest.WaitFor(t, 10*time.Second, "gateway ready", func() bool {
-		resp, err := http.Get(e.url + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	e, cancel, done := runGateway(t, gw, o)
 	if r := e.do(t, "POST", "/v1/jobs", "", jobBody(t, nil), "Idempotency-Key", "slow"); r.status != http.StatusAccepted {
 		t.Fatal(r)
 	}
@@ -93,7 +83,8 @@ func TestShutdownCutsLongCalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := New(Options{Config: cfg, NC: nc, JS: js, Listener: ln, RequestTimeout: time.Minute, ShutdownGrace: 300 * time.Millisecond})
+	o := Options{Config: cfg, NC: nc, JS: js, Listener: ln, RequestTimeout: time.Minute, ShutdownGrace: 300 * time.Millisecond}
+	gw, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,18 +97,7 @@ func TestShutdownCutsLongCalls(t *testing.T) {
 			<-release
 		}
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	e := &testEnv{nc: nc, js: js, url: "http://" + ln.Addr().String(), gw: gw, cfg: cfg}
-	natstest.WaitFor(t, 10*time.Second, "gateway ready", func() bool {
-		resp, err := http.Get(e.url + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	e, cancel, done := runGateway(t, gw, o)
 	fw := startScripted(t, e)
 	call := make(chan error, 1)
 	go func() {

@@ -90,28 +90,13 @@ func TestCallbackSurvivesItsWorker(t *testing.T) {
 	defer hook.Close()
 	e := newEnv(t, testConfig(a.endpoint(1)))
 
-	first, err := New(Options{Config: e.cfg, NC: e.nc, JS: e.js, Log: testLog(), ShutdownGrace: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- first.Run(ctx) }()
-	<-first.Ready()
+	_, stop := e.runWorker(Options{ShutdownGrace: 100 * time.Millisecond})
 	job := newJob(t)
 	job.CallbackURL = hook.URL + "/done"
 	e.submit(job)
 	e.finished(job.ID, 10*time.Second)
 	natstest.WaitFor(t, 10*time.Second, "the first POST", func() bool { return posts.Load() == 1 })
 	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the first worker did not stop")
-	}
 	if n := e.callbacksQueued(); n != 1 {
 		t.Fatalf("%d callbacks queued after the first worker stopped, want 1", n)
 	}

@@ -528,27 +528,11 @@ func TestCallbackIsSignedAndRetried(t *testing.T) {
 func TestShutdownHandsJobsBack(t *testing.T) {
 	a := startMock(t, mock.Config{Name: "a", Models: []string{"m"}, Faults: mock.Faults{Latency: mock.Duration(2 * time.Second)}})
 	e := newEnv(t, testConfig(a.endpoint(1)))
-	o := Options{Config: e.cfg, NC: e.nc, JS: e.js, Log: testLog(), ShutdownGrace: 100 * time.Millisecond}
-	svc, err := New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	<-svc.Ready()
+	_, stop := e.runWorker(Options{ShutdownGrace: 100 * time.Millisecond})
 	job := newJob(t)
 	e.submit(job)
 	natstest.WaitFor(t, 5*time.Second, "the call in flight", func() bool { return a.Stats().Hanging > 0 || a.chatCalls() > 0 })
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return within 10s of its ctx ending")
-	}
+	stop()
 	a.SetFaults(mock.Faults{})
 	cfg2 := *e.cfg
 	cfg2.Worker.Instance = "w2"

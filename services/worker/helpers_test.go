@@ -91,6 +91,19 @@ func newEnv(t testing.TB, cfg *config.Config) *env {
 // test ends, and waits until it is ready.
 func (e *env) startWorker(o Options) *Service {
 	e.t.Helper()
+	svc, stop := e.runWorker(o)
+	e.t.Cleanup(stop)
+	if e.svc == nil {
+		e.svc = svc
+	}
+	return svc
+}
+
+// runWorker runs a worker with o (Config, NC, JS and Log filled in) and
+// waits until it is ready; stop ends its Run and waits for it (10 s at
+// most), failing the test if Run failed.
+func (e *env) runWorker(o Options) (svc *Service, stop func()) {
+	e.t.Helper()
 	if o.Config == nil {
 		o.Config = e.cfg
 	}
@@ -105,12 +118,20 @@ func (e *env) startWorker(o Options) *Service {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("worker Run: %v", err)
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					e.t.Errorf("worker Run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				e.t.Error("worker Run did not return within 10s of its ctx ending")
+			}
+		})
+	}
 	select {
 	case <-svc.Ready():
 	case err := <-done:
@@ -118,10 +139,7 @@ func (e *env) startWorker(o Options) *Service {
 	case <-time.After(20 * time.Second):
 		e.t.Fatal("worker not ready after 20s")
 	}
-	if e.svc == nil {
-		e.svc = svc
-	}
-	return svc
+	return svc, stop
 }
 
 var jobSeq atomic.Int64

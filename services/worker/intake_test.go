@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"context"
 	"slices"
 	"testing"
 	"time"
@@ -95,14 +94,7 @@ func TestNakOnLastDeliveryIsNotLost(t *testing.T) {
 	until := now.Add(1500 * time.Millisecond)
 	st.Breaker, st.OpenedAt, st.OpenUntil, st.OpenCount = events.BreakerOpen, &now, &until, 1
 	e.putState(st)
-	svc, err := New(Options{Config: cfg, NC: e.nc, JS: e.js, Log: testLog(), ShutdownGrace: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	<-svc.Ready()
+	_, stop := e.runWorker(Options{ShutdownGrace: 200 * time.Millisecond})
 	job := newJob(t)
 	e.submit(job)
 	natstest.WaitFor(t, 5*time.Second, "the job waiting for the breaker", func() bool {
@@ -113,10 +105,7 @@ func TestNakOnLastDeliveryIsNotLost(t *testing.T) {
 	e.putState(st)
 	// Delivery 2 (= max_deliver) hangs at the endpoint; the worker stops.
 	natstest.WaitFor(t, 10*time.Second, "delivery 2 calling the endpoint", func() bool { return a.Stats().Hanging > 0 })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	a.SetFaults(mock.Faults{})
 	e.startWorker(Options{})
 	rec := e.finished(job.ID, 15*time.Second)
