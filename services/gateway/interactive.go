@@ -95,37 +95,45 @@ func (g *Gateway) serveChat(w http.ResponseWriter, r *http.Request) {
 	defer g.inbox.release(wt)
 
 	ev := getBuf()
+	defer putBuf(ev) // kept: a refused call is sent again
 	*ev = g.enc.append((*ev)[:0], id, body, now, now.Add(g.timeout))
 	wt.start(g.timeout + min(replyGrace, g.timeout))
 	start := time.Now()
-	err = g.nc.PublishMsg(&nats.Msg{Subject: events.SubjectJobInteractive, Reply: wt.subject, Header: requestHeader, Data: *ev})
-	putBuf(ev)
-	if err != nil {
-		g.metrics.result("no_workers")
-		writeError(w, &Error{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Code: "workers_unreachable",
-			Message: "cannot reach the workers: " + err.Error()})
-		return
-	}
-
-	m, err := wt.next(r.Context(), g.inbox)
-	if err != nil {
-		g.callFailed(w, r, wt, id, false)
-		return
-	}
-	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
-		g.metrics.result("no_workers")
-		w.Header().Set("Retry-After", "1")
-		writeError(w, &Error{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Code: "no_workers",
-			Message: "no request worker is running: start one (switchboard worker) and retry"})
-		return
-	}
-	rep, err := lane.ParseReply(m)
-	if err == nil && (rep.Stream == lane.StreamData || rep.Stream == lane.StreamEnd) {
-		err = errors.New("a stream's " + rep.Stream + " message came before its start")
-	}
-	if err != nil {
-		g.badReply(w, id, err)
-		return
+	var rep lane.Reply
+	for try := 1; ; try++ {
+		err = g.nc.PublishMsg(&nats.Msg{Subject: events.SubjectJobInteractive, Reply: wt.subject, Header: requestHeader, Data: *ev})
+		if err != nil {
+			g.metrics.result("no_workers")
+			writeError(w, &Error{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Code: "workers_unreachable",
+				Message: "cannot reach the workers: " + err.Error()})
+			return
+		}
+		m, err := wt.next(r.Context(), g.inbox)
+		if err != nil {
+			g.callFailed(w, r, wt, id, false)
+			return
+		}
+		if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
+			g.metrics.result("no_workers")
+			w.Header().Set("Retry-After", "1")
+			writeError(w, &Error{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Code: "no_workers",
+				Message: "no request worker is running: start one (switchboard worker) and retry"})
+			return
+		}
+		rep, err = lane.ParseReply(m)
+		if err == nil && (rep.Stream == lane.StreamData || rep.Stream == lane.StreamEnd) {
+			err = errors.New("a stream's " + rep.Stream + " message came before its start")
+		}
+		if err != nil {
+			g.badReply(w, id, err)
+			return
+		}
+		// A worker that is busy or stopping refused the call without
+		// starting it: the queue group may pick another one.
+		if !rep.Refused || rep.Stream == lane.StreamStart || try == lane.RefusedTries {
+			break
+		}
+		g.metrics.refused.Inc()
 	}
 	stream := 0
 	if cr.Stream {

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -308,5 +310,57 @@ func TestInteractiveDeadlineSetting(t *testing.T) {
 				t.Errorf("deadline %s from now, want %s", gw.timeout, tc.wantLimit)
 			}
 		})
+	}
+}
+
+// TestRefusedCallsAreSentAgain: a call a worker refuses without starting it
+// (busy or stopping) goes out again, up to lane.RefusedTries times in all;
+// the client sees only the final answer.
+func TestRefusedCallsAreSentAgain(t *testing.T) {
+	e := startGateway(t, testConfig(t, "", false))
+	busy := lane.Reply{Status: http.StatusServiceUnavailable, ContentType: lane.ContentTypeJSON, RetryAfter: time.Second,
+		Refused: true, Body: lane.ErrorBody("the worker is running its limit of 8 interactive calls; retry", lane.TypeUnavailable, lane.CodeWorkerBusy)}
+	var mu sync.Mutex
+	calls := map[string]int{} // by job id
+	fw := startFakeWorker(t, e.nc, func(job *events.JobSubmitted, reply replier) {
+		mu.Lock()
+		calls[job.ID]++
+		n := calls[job.ID]
+		mu.Unlock()
+		r := busy
+		if prompt(t, job.Request) == "plain" && n == 2 {
+			r = script["plain"][0]
+		}
+		if err := reply(r); err != nil {
+			t.Errorf("fake worker reply: %v", err)
+		}
+	})
+
+	r := e.do(t, "POST", "/v1/chat/completions", "", chatBody("mock-small", "plain", false))
+	if r.status != http.StatusOK || string(r.body) != completion {
+		t.Errorf("refused once, then answered: got %s", r)
+	}
+	r = e.do(t, "POST", "/v1/chat/completions", "", chatBody("mock-small", "always busy", false))
+	if r.status != http.StatusServiceUnavailable || *apiErr(t, r).Code != lane.CodeWorkerBusy || r.header.Get("Retry-After") != "1" {
+		t.Errorf("refused every time: got %s %v", r, r.header)
+	}
+	var order []string // job ids, in the order the worker first saw them
+	sends := map[string]int{}
+	for _, job := range fw.received() {
+		if sends[job.ID] == 0 {
+			order = append(order, job.ID)
+		}
+		sends[job.ID]++
+	}
+	var got []int
+	for _, id := range order {
+		got = append(got, sends[id])
+	}
+	if diff := cmp.Diff([]int{2, lane.RefusedTries}, got); diff != "" {
+		t.Errorf("times each call was sent (-want +got):\n%s", diff)
+	}
+	m := e.do(t, "GET", "/metrics", "", nil)
+	if want := "switchboard_gateway_interactive_refused_total " + strconv.Itoa(1+lane.RefusedTries-1); !strings.Contains(string(m.body), want) {
+		t.Errorf("metrics lack %q:\n%s", want, grep(string(m.body), "refused"))
 	}
 }

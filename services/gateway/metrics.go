@@ -30,6 +30,7 @@ type metrics struct {
 	submitted   *prometheus.CounterVec
 	interactive *prometheus.HistogramVec
 	lane        *prometheus.CounterVec
+	refused     prometheus.Counter
 
 	// Resolved children of the hot path, so that counting a call does not
 	// hash label values.
@@ -110,6 +111,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "switchboard_gateway_interactive_total",
 			Help: "Interactive lane calls by result: ok, error (a worker's error reply), no_workers, timeout, client_gone, stream_broken, bad_reply.",
 		}, []string{"result"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_gateway_interactive_refused_total",
+			Help: "Interactive calls a worker refused without starting them (busy or stopping) and the gateway sent again.",
+		}),
 	}
 	m.firstReply[0] = m.interactive.WithLabelValues("false")
 	m.firstReply[1] = m.interactive.WithLabelValues("true")
@@ -118,7 +123,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.results[r] = m.lane.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.clients, m.submitted, m.interactive, m.lane} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.clients, m.submitted, m.interactive, m.lane, m.refused} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -132,8 +132,8 @@ func (s *Service) refuseInteractive(m *nats.Msg) {
 		return
 	}
 	s.reply(m.Reply, lane.Reply{Status: http.StatusServiceUnavailable, ContentType: lane.ContentTypeJSON,
-		RetryAfter: time.Second,
-		Body:       lane.ErrorBody("the worker is shutting down; retry", lane.TypeUnavailable, lane.CodeNoEndpoint)})
+		RetryAfter: time.Second, Refused: true,
+		Body: lane.ErrorBody("the worker is shutting down; retry", lane.TypeUnavailable, lane.CodeNoEndpoint)})
 }
 
 // refuseBusy answers a call that arrived while this worker runs as many
@@ -144,7 +144,7 @@ func (s *Service) refuseBusy(m *nats.Msg, limit int) {
 		return
 	}
 	s.reply(m.Reply, lane.Reply{Status: http.StatusServiceUnavailable, ContentType: lane.ContentTypeJSON,
-		RetryAfter: time.Second,
+		RetryAfter: time.Second, Refused: true,
 		Body: lane.ErrorBody(fmt.Sprintf("the worker is running its limit of %d interactive calls; retry", limit),
 			lane.TypeUnavailable, lane.CodeWorkerBusy)})
 }

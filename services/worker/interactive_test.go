@@ -412,8 +412,8 @@ func TestBusyWorkerAnswersAtOnce(t *testing.T) {
 	r := e.call(interactiveJob(t, false), 5*time.Second)[0]
 	var body lane.ErrorJSON
 	if err := json.Unmarshal(r.Body, &body); err != nil || r.Status != http.StatusServiceUnavailable ||
-		body.Error.Code != lane.CodeWorkerBusy || r.RetryAfter != time.Second {
-		t.Errorf("reply %d %s (Retry-After %s), want 503 %s with Retry-After 1s", r.Status, r.Body, r.RetryAfter, lane.CodeWorkerBusy)
+		body.Error.Code != lane.CodeWorkerBusy || r.RetryAfter != time.Second || !r.Refused {
+		t.Errorf("reply %d %s (Retry-After %s, refused %v), want 503 %s with Retry-After 1s, refused", r.Status, r.Body, r.RetryAfter, r.Refused, lane.CodeWorkerBusy)
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("answered after %s, want at once", d)

@@ -28,7 +28,10 @@
 // time), when the worker already runs its limit of interactive calls
 // (CodeWorkerBusy, Retry-After 1: the worker answers at once instead of
 // holding the call), and when the call was cancelled or the worker is
-// stopping; 504 when the deadline passed while the call ran.
+// stopping. A worker that refuses a call it never started, because it is
+// busy or stopping, sets HeaderRefused: the gateway then sends the request
+// again, to whichever worker the queue group picks, up to RefusedTries
+// times in all; 504 when the deadline passed while the call ran.
 //
 // # Replies, stream ("stream": true in the chat request)
 //
@@ -103,7 +106,15 @@ const (
 	// HeaderJobID is the job id the worker ran the call as (for logs and
 	// the X-Request-Id a gateway may return).
 	HeaderJobID = "Switchboard-Job-Id"
+	// HeaderRefused ("1") marks a 503 from a worker that refused the call
+	// without starting it (it runs its limit of interactive calls, or it is
+	// stopping): another worker may take it at once.
+	HeaderRefused = "Switchboard-Refused"
 )
+
+// RefusedTries is how many times in all the gateway sends a call that
+// workers refuse (HeaderRefused).
+const RefusedTries = 3
 
 // Stream phases, the values of HeaderStream.
 const (
@@ -200,7 +211,10 @@ type Reply struct {
 	RetryAfter time.Duration
 	// JobID is the job id the call ran as.
 	JobID string
-	Body  []byte
+	// Refused: the worker refused the call without starting it
+	// (HeaderRefused).
+	Refused bool
+	Body    []byte
 }
 
 // Msg builds the NATS message of r for the reply inbox subject.
@@ -227,6 +241,9 @@ func (r Reply) Msg(subject string) *nats.Msg {
 	if r.JobID != "" {
 		m.Header.Set(HeaderJobID, r.JobID)
 	}
+	if r.Refused {
+		m.Header.Set(HeaderRefused, "1")
+	}
 	return m
 }
 
@@ -247,6 +264,7 @@ func ParseReply(m *nats.Msg) (Reply, error) {
 	r.Stream = h.Get(HeaderStream)
 	r.ContentType = h.Get(HeaderContentType)
 	r.JobID = h.Get(HeaderJobID)
+	r.Refused = h.Get(HeaderRefused) == "1"
 	if v := h.Get(HeaderStatus); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 100 || n > 599 {

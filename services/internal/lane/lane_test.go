@@ -26,6 +26,7 @@ func TestReplyRoundTrip(t *testing.T) {
 		{Stream: lane.StreamData, Body: []byte("data: {}\n\n")},
 		{Stream: lane.StreamEnd},
 		{Status: 502, Endpoint: "ep1", Attempts: 1, Stream: lane.StreamError, Body: lane.ErrorBody("broke", lane.TypeUpstream, lane.CodeStreamBroken)},
+		{Status: 503, ContentType: lane.ContentTypeJSON, RetryAfter: time.Second, Refused: true, Body: lane.ErrorBody("busy", lane.TypeUnavailable, lane.CodeWorkerBusy)},
 	}
 	for _, want := range tests {
 		t.Run(want.Stream+"/"+want.Endpoint, func(t *testing.T) {
