@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 	"github.com/switchboard-llm/switchboard/events"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
+	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 )
 
 // Callback headers (contract).
@@ -73,6 +75,7 @@ func Sign(secret string, t time.Time, body []byte) string {
 // after callbackAckWait. Delivery is at least once: receivers drop
 // duplicates by HeaderEventID.
 type callbacks struct {
+	js     jetstream.JetStream // for dead letters
 	cons   jetstream.Consumer
 	client *http.Client
 	secret config.Secret
@@ -153,10 +156,8 @@ func (c *callbacks) handle(ctx context.Context, m jetstream.Msg) {
 			err = fmt.Errorf("event type %s is not %s", env.Type, events.TypeJobFinished)
 		}
 	}
-	if err != nil { // nothing to POST, ever: drop it
-		c.met.callbacks.WithLabelValues("failed").Inc()
-		c.log.Error("undecodable job callback dropped", "subject", m.Subject(), "err", err)
-		_ = m.Term()
+	if err != nil { // nothing to POST, ever
+		c.deadLetter(m, err)
 		return
 	}
 	rec := &fin.JobRecord
@@ -190,6 +191,26 @@ func (c *callbacks) handle(ctx context.Context, m jetstream.Msg) {
 	c.met.callbacks.WithLabelValues("retried").Inc()
 	c.log.Debug("callback failed; retrying", "job", rec.ID, "try", try, "status", status, "err", err)
 	_ = m.NakWithDelay(c.backoff << (try - 1))
+}
+
+// deadLetter copies an undecodable callback to the dead-letter stream, on
+// switchboard.dead.callbacks.<job id or "unknown">, and removes it from the
+// queue; if the copy fails it is NAKed and tried again.
+func (c *callbacks) deadLetter(m jetstream.Msg, cause error) {
+	token := "unknown"
+	if id := strings.TrimPrefix(m.Subject(), "switchboard.jobs.callback."); events.ValidName(id) {
+		token = id
+	}
+	c.log.Error("undecodable job callback; dead-lettering it", "subject", m.Subject(), "err", cause)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := natsx.DeadLetter(ctx, c.js, events.DeadSubject("callbacks", token), m, "undecodable callback: "+cause.Error()); err != nil {
+		c.log.Error("dead-letter a job callback; retrying later", "subject", m.Subject(), "err", err)
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	c.met.callbacks.WithLabelValues("failed").Inc()
+	_ = m.Term()
 }
 
 // post sends rec to its callback URL once.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/switchboard-llm/switchboard/events"
 	"github.com/switchboard-llm/switchboard/services/internal/natstest"
+	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 	"github.com/switchboard-llm/switchboard/services/mock"
 )
 
@@ -114,5 +116,36 @@ func TestCallbackSurvivesItsWorker(t *testing.T) {
 	want := map[string]float64{`switchboard_job_callbacks_total{result="delivered"}`: 1}
 	if diff := cmp.Diff(want, gather(t, reg, want)); diff != "" {
 		t.Errorf("metrics (-want +got):\n%s", diff)
+	}
+}
+
+// TestUndecodableCallbackIsDeadLettered: anything else published on a
+// callback subject is copied to the dead-letter stream with the reason and
+// removed; the worker goes on delivering real callbacks.
+func TestUndecodableCallbackIsDeadLettered(t *testing.T) {
+	a := startMock(t, mock.Config{Name: "a", Models: []string{"m"}})
+	var posts atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { posts.Add(1) }))
+	defer hook.Close()
+	e := newEnv(t, testConfig(a.endpoint(1)))
+	e.startWorker(Options{})
+	bad := natsx.NewMsg(events.JobCallbackSubject("junk-1"), "junk-1", []byte("not an event"))
+	if _, err := e.js.PublishMsg(context.Background(), bad); err != nil {
+		t.Fatal(err)
+	}
+	job := newJob(t)
+	job.CallbackURL = hook.URL
+	e.submit(job)
+	dead := events.DeadSubject("callbacks", "junk-1")
+	natstest.WaitFor(t, 10*time.Second, "the dead letter and the real callback", func() bool {
+		return e.subjectCount(events.StreamDLQ, dead) == 1 && posts.Load() == 1 && e.callbacksQueued() == 0
+	})
+	s, _ := e.js.Stream(context.Background(), events.StreamDLQ)
+	m, err := s.GetLastMsgForSubject(context.Background(), dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := m.Header.Get(natsx.HeaderDeadReason); !strings.Contains(r, "undecodable callback") || string(m.Data) != "not an event" {
+		t.Errorf("dead letter: reason %q, body %q", r, m.Data)
 	}
 }

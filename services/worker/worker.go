@@ -251,7 +251,7 @@ func (s *Service) Run(ctx context.Context) error {
 
 	s.hard, s.hardCancel = context.WithCancel(context.Background())
 	defer s.hardCancel()
-	cb := &callbacks{cons: cbCons, client: s.o.CallbackClient, secret: s.cfg.CallbackSecret, log: s.log, met: s.met,
+	cb := &callbacks{js: s.o.JS, cons: cbCons, client: s.o.CallbackClient, secret: s.cfg.CallbackSecret, log: s.log, met: s.met,
 		backoff: cmp.Or(s.o.callbackBackoff, callbackBackoff)}
 	cbPull, stopCBPull := context.WithCancel(context.Background())
 	cbPost, stopCBPost := context.WithCancel(context.Background())
