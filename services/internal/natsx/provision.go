@@ -24,6 +24,13 @@ func Streams(cfg config.NATS) []jetstream.StreamConfig {
 	// last writes, never a job, a result or a status change. Replicated
 	// streams are covered by their Raft log instead (and the server refuses
 	// async persistence on them).
+	// The job stream takes exactly the priorities a consumer serves: a job
+	// published on another token would otherwise be stored, acknowledged
+	// and never run. This way its publisher gets an error (no stream).
+	var jobSubjects []string
+	for _, p := range events.Priorities() {
+		jobSubjects = append(jobSubjects, events.JobSubmitSubject(p))
+	}
 	healthPersist := jetstream.DefaultPersistMode
 	if r == 1 && !s.HealthFsync {
 		healthPersist = jetstream.AsyncPersistMode
@@ -53,7 +60,7 @@ func Streams(cfg config.NATS) []jetstream.StreamConfig {
 		{
 			Name:        events.StreamJobs,
 			Description: "durable chat jobs, a work queue shared by the request workers",
-			Subjects:    []string{events.SubjectJobSubmitAll},
+			Subjects:    jobSubjects,
 			Retention:   jetstream.WorkQueuePolicy,
 			MaxAge:      s.JobTTL,
 			Duplicates:  s.DuplicateWindow,

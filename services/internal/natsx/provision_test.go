@@ -75,6 +75,21 @@ func TestProvisionSingleNodeIsIdempotent(t *testing.T) {
 	}
 }
 
+// TestJobOnUnknownPriorityIsRefused: the job stream takes only the
+// priorities the workers serve, so a job published on another token is
+// refused at publish time instead of acknowledged and never run.
+func TestJobOnUnknownPriorityIsRefused(t *testing.T) {
+	_, _, js := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := js.Publish(ctx, "switchboard.jobs.submit.urgent", []byte("{}")); err == nil {
+		t.Error("a job on priority \"urgent\" was acknowledged")
+	}
+	if _, err := js.Publish(ctx, events.JobSubmitSubject(events.PriorityLow), []byte("{}")); err != nil {
+		t.Errorf("a job on priority low: %v", err)
+	}
+}
+
 func TestProvisionThreeNodeCluster(t *testing.T) {
 	servers := natstest.RunCluster(t, 3)
 	// Provision from two different nodes at once, as replicas of services do.
