@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
 
@@ -173,6 +174,79 @@ func TestConnectTLSAndNKey(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), string(seed)) || strings.Contains(err.Error(), string(otherSeed)) {
 				t.Errorf("error %q leaks a seed", err)
+			}
+		})
+	}
+}
+
+// TestConnectCredsFile: a creds file (user JWT and seed) against a server
+// in operator mode that trusts the account which signed the user.
+func TestConnectCredsFile(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	op, _ := nkeys.CreateOperator()
+	opPub, _ := op.PublicKey()
+	opClaims := jwt.NewOperatorClaims(opPub)
+	if _, err := opClaims.Encode(op); err != nil {
+		t.Fatal(err)
+	}
+	acc, _ := nkeys.CreateAccount()
+	accPub, _ := acc.PublicKey()
+	accJWT, err := jwt.NewAccountClaims(accPub).Encode(op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := func(signer nkeys.KeyPair) string {
+		user, _ := nkeys.CreateUser()
+		userPub, _ := user.PublicKey()
+		seed, _ := user.Seed()
+		userJWT, err := jwt.NewUserClaims(userPub).Encode(signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := jwt.FormatUserConfig(userJWT, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(t.TempDir(), "user.creds")
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	resolver := &server.MemAccResolver{}
+	if err := resolver.Store(accPub, accJWT); err != nil {
+		t.Fatal(err)
+	}
+	url := authServer(t, func(o *server.Options) {
+		o.TrustedOperators = []*jwt.OperatorClaims{opClaims}
+		o.AccountResolver = resolver
+	})
+	stranger, _ := nkeys.CreateAccount() // an account the server does not know
+
+	for _, tt := range []struct {
+		name string
+		file string
+		ok   bool
+	}{
+		{"user of a trusted account", creds(acc), true},
+		{"user of an unknown account", creds(stranger), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			nc, err := natsx.Connect(ctx, config.NATS{URL: url, CredsFile: tt.file}, "test", log)
+			if tt.ok != (err == nil) {
+				t.Fatalf("Connect: %v, want success %v", err, tt.ok)
+			}
+			if err != nil {
+				if !strings.Contains(err.Error(), "127.0.0.1") {
+					t.Errorf("error %q does not name the server", err)
+				}
+				return
+			}
+			defer nc.Close()
+			if err := nc.Publish("x", nil); err != nil || nc.Flush() != nil {
+				t.Errorf("publish: %v", err)
 			}
 		})
 	}
