@@ -120,21 +120,15 @@ func (c *callbacks) run(pull, post context.Context, n int) <-chan struct{} {
 			for pull.Err() == nil {
 				ctx, cancel := context.WithTimeout(pull, callbackPoll)
 				batch, err := c.cons.Fetch(1, jetstream.FetchContext(ctx))
-				if err != nil {
-					cancel()
-					if pull.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
-						c.log.Warn("pull job callbacks", "err", err)
-						sleepCtx(pull, time.Second)
+				if err == nil {
+					for m := range batch.Messages() {
+						c.handle(post, m)
 					}
-					continue
-				}
-				for m := range batch.Messages() {
-					c.handle(post, m)
+					err = batch.Error()
 				}
 				cancel()
-				if err := batch.Error(); err != nil && pull.Err() == nil &&
-					!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
-					c.log.Warn("pull job callbacks", "err", err)
+				if err != nil && pull.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+					c.pullFailed(err)
 					sleepCtx(pull, time.Second)
 				}
 			}
@@ -143,6 +137,18 @@ func (c *callbacks) run(pull, post context.Context, n int) <-chan struct{} {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	return done
+}
+
+// pullFailed logs a failed pull: at debug level while the connection is
+// down or the server restarts (the pull is tried again each second), as a
+// warning otherwise.
+func (c *callbacks) pullFailed(err error) {
+	if errors.Is(err, jetstream.ErrServerShutdown) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrNoResponders) {
+		c.log.Debug("pull job callbacks", "err", err)
+		return
+	}
+	c.log.Warn("pull job callbacks", "err", err)
 }
 
 // handle POSTs one queued callback and acks it, or NAKs it with the next

@@ -240,6 +240,10 @@ func (d *durable) dispatch() {
 		st    = p.st
 		last  = slices.Index(events.Priorities(), events.PriorityNormal) // had jobs last
 		sweep = time.NewTicker(time.Second)
+		// reconnects is the connection's reconnect count as of the last
+		// sweep: requests sent before a reconnect died with the old
+		// connection (a restarted server knows nothing of them).
+		reconnects = d.nc.Stats().Reconnects
 	)
 	defer sweep.Stop()
 	defer func() { d.shutdown(p) }()
@@ -318,6 +322,16 @@ func (d *durable) dispatch() {
 		case <-d.idle:
 			idle++
 		case <-sweep.C:
+			if rc := d.nc.Stats().Reconnects; rc != reconnects {
+				reconnects = rc
+				if len(p.reqs) > 0 {
+					d.s.log.Info("nats reconnected; asking for jobs again", "open_requests", len(p.reqs))
+				}
+				for reply := range p.reqs {
+					p.close(reply) // a job that still answers one goes to a free slot, or is NAKed
+				}
+				continue
+			}
 			for reply, r := range p.reqs {
 				if now.After(r.giveUpAt) {
 					p.close(reply)

@@ -359,6 +359,10 @@ func (s *Service) Run(ctx context.Context) error {
 		<-cbDone
 	}
 	stopCB()
+	// Release the connections to the endpoints (a stopped worker in a
+	// process that goes on, as in dev mode or tests, would hold them).
+	s.client.CloseIdleConnections()
+	s.o.CallbackClient.CloseIdleConnections()
 	s.log.Info("worker stopped")
 	return nil
 }
