@@ -267,6 +267,11 @@ func (s *Service) consumeFrom(ctx context.Context, cons jetstream.Consumer, queu
 				// (the pull is retried); on a standalone server, it may be gone.
 				s.log.Debug("consume health events: no consumer answered; checking it", "err", err)
 				nudge()
+			case errors.Is(err, jetstream.ErrServerShutdown), errors.Is(err, jetstream.ErrPinIDMismatch),
+				errors.Is(err, jetstream.ErrConsumerLeadershipChanged):
+				// A server restarts or hands the consumer over: the
+				// subscription pulls again by itself (without the old pin).
+				s.log.Info("consume health events: the server moved on; pulling again", "err", err)
 			default:
 				s.log.Warn("consume health events", "err", err)
 			}

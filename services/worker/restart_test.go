@@ -33,6 +33,7 @@ func TestServerRestart(t *testing.T) {
 		return s
 	}
 	srv := start()
+	t.Cleanup(func() { srv.Shutdown() }) // whichever server runs then, after every service stopped
 	nc := natstest.Connect(t, srv.ClientURL())
 	js := natstest.JetStream(t, nc)
 	natstest.Provision(t, js, 1)
@@ -59,7 +60,6 @@ func TestServerRestart(t *testing.T) {
 
 	srv.Shutdown()
 	srv = start()
-	t.Cleanup(srv.Shutdown) // before the connections close: cleanups run last first
 
 	submit(10)
 	for _, id := range ids {
