@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envChildWorker) != "" {
 		os.Exit(childWorker())
 	}
+	if os.Getenv(envChildNATSListen) != "" {
+		os.Exit(childNATS())
+	}
 	goleak.VerifyTestMain(m)
 }
 
