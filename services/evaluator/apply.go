@@ -462,18 +462,22 @@ func (s *Service) read(ctx context.Context, ep string, cached bool) (events.Endp
 func (s *Service) nextEvent(ctx context.Context, ep string, pos, target uint64, mine heldSet) (event, bool, error) {
 	from := pos + 1
 	for from <= target {
-		if ev, ok := mine.first(from); ok && (ev.seq == from || ev.run.valid(s.runEpoch.Load()) && ev.run.start <= from) {
-			return ev, true, nil
+		held, holds := mine.first(from)
+		if holds && (held.seq == from || held.run.valid(s.runEpoch.Load()) && held.run.start <= from) {
+			return held, true, nil
 		}
 		raw, err := s.lookup(ctx, from, "switchboard.*."+ep)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
+		if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && (raw.Sequence > target || holds && raw.Sequence > held.seq) {
+			// Nothing (else) before the next event this replica holds, as
+			// far as the answer goes. An event held is in the stream,
+			// whatever a lagging answer says: it is never skipped.
+			if holds {
+				return held, true, nil
+			}
 			return event{}, false, nil
 		}
 		if err != nil {
 			return event{}, false, fmt.Errorf("look up the events of endpoint %s after %d: %w", ep, pos, err)
-		}
-		if raw.Sequence > target {
-			return event{}, false, nil
 		}
 		if ev, ok := mine.bySeq[raw.Sequence]; ok {
 			return ev, true, nil

@@ -122,6 +122,66 @@ func TestApplyCatchesUpInStreamOrder(t *testing.T) {
 	}
 }
 
+// TestHeldEventIsNeverSkipped: when the stream lookup does not find an
+// event this replica holds (a lagging answer; here, the message was deleted
+// after its delivery), the held event is applied all the same, not taken
+// for a duplicate and acknowledged unapplied.
+func TestHeldEventIsNeverSkipped(t *testing.T) {
+	_, _, js := natstest.Start(t)
+	ctx := context.Background()
+	cfg := &config.Config{Endpoints: []config.Endpoint{
+		{Name: "ep", BaseURL: "http://127.0.0.1:1/v1", Models: []string{"m"}},
+		{Name: "other", BaseURL: "http://127.0.0.1:1/v1", Models: []string{"m"}},
+	}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Config: cfg, JS: js, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	probe := func(ep string) *events.ProbeResult {
+		return &events.ProbeResult{Endpoint: ep, Vantage: "v1", Kind: events.ProbeModels, Outcome: events.ProbeFail,
+			ErrorClass: events.ClassConnect, LatencyMS: 1, IntervalMS: 30000, StartedAt: time.Now()}
+	}
+	// Another endpoint's event first, so that ep's is not the stream's
+	// first: the replica, holding it out of a run, looks up what precedes it.
+	if _, err := (natsx.Publisher{JS: js, Source: "/prober/v1"}).Publish(ctx, "other-1", probe("other")); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := natsx.Publisher{JS: js, Source: "/prober/v1"}.Publish(ctx, "held-1", probe("ep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	health, _ := js.Stream(ctx, events.StreamHealth)
+	raw, err := health.GetMsg(ctx, ack.Sequence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := s.parse(raw.Subject, raw.Data, raw.Sequence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := health.DeleteMsg(ctx, ack.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	ev.seq = ack.Sequence
+	applied, err := s.applyUpTo(ctx, "ep", ev.seq, newHeldSet(ev))
+	if err != nil || !applied[ev.seq] {
+		t.Fatalf("applied %v, err %v: want the held event applied", applied, err)
+	}
+	st, err := s.store.Get(ctx, "ep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.AppliedSeq != ev.seq || st.ConsecutiveFailures != 1 || st.LastError == nil {
+		t.Errorf("record: applied_seq %d, failures %d, last error %v; want %d, 1, the probe's", st.AppliedSeq, st.ConsecutiveFailures, st.LastError, ev.seq)
+	}
+}
+
 func TestClock(t *testing.T) {
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	rec := events.EndpointState{UpdatedAt: base}

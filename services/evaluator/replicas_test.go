@@ -322,7 +322,8 @@ func testLeases(t *testing.T, servers []*natsx.Server, jss []jetstream.JetStream
 				if time.Now().After(deadline) {
 					c, _ := jss[0].Consumer(ctx, events.StreamHealth, "evaluator")
 					ci, _ := c.Info(ctx)
-					t.Errorf("%s not closed after its trials succeeded: %s\nconsumer %s", ep, mustJSON(get()), mustJSON(ci))
+					t.Errorf("%s not closed after its trials succeeded: %s\nconsumer %s\nits outcome events:\n%s",
+						ep, mustJSON(get()), mustJSON(ci), outcomesOf(t, jss[0], ep))
 					return
 				}
 				time.Sleep(10 * time.Millisecond)
@@ -355,5 +356,35 @@ func consumerStorage(t *testing.T, js jetstream.JetStream, memory bool) {
 	}
 	if got := c.CachedInfo().Config.MemoryStorage; got != memory {
 		t.Errorf("health consumer on %d replicas: memory storage %v, want %v", c.CachedInfo().Config.Replicas, got, memory)
+	}
+}
+
+// outcomesOf lists the request outcomes of ep in SWITCHBOARD_HEALTH, one
+// line each (for failure messages).
+func outcomesOf(t *testing.T, js jetstream.JetStream, ep string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.OrderedConsumer(ctx, events.StreamHealth, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.OutcomeSubject(ep)}})
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for {
+		m, err := c.Next(jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return b.String()
+		}
+		md, _ := m.Metadata()
+		env, err := events.Decode(m.Data())
+		if err != nil {
+			fmt.Fprintf(&b, "%d: %v\n", md.Sequence.Stream, err)
+			continue
+		}
+		o := env.Data.(*events.RequestOutcome)
+		fmt.Fprintf(&b, "%d: %s %s lease=%q started=%s source=%s\n", md.Sequence.Stream, o.Outcome, o.ErrorClass, o.TrialLease,
+			o.StartedAt.Format(time.RFC3339Nano), env.Source)
+		if md.NumPending == 0 {
+			return b.String()
+		}
 	}
 }
