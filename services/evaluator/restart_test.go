@@ -2,7 +2,6 @@ package evaluator_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,18 +15,6 @@ import (
 	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 	"github.com/switchboard-llm/switchboard/services/internal/state"
 )
-
-// freeAddr is a 127.0.0.1 address nothing listens on, so that a server can
-// be restarted on the same port.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // waitEvent waits until ep's record applied the event at seq and holds it
 // as its last error (the events these tests publish fail with a message of
@@ -69,15 +56,7 @@ func TestStandaloneServerRestart(t *testing.T) {
 			name = "the server lost the consumer"
 		}
 		t.Run(name, func(t *testing.T) {
-			dir, addr := t.TempDir(), freeAddr(t)
-			start := func() *natsx.Server {
-				s, err := natsx.StartServer(natsx.ServerOptions{Name: "single", Listen: addr, StoreDir: dir})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return s
-			}
-			srv := start()
+			srv, restart := natstest.Restartable(t)
 			nc := natstest.Connect(t, srv.ClientURL())
 			js := natstest.JetStream(t, nc)
 			natstest.Provision(t, js, 1)
@@ -85,9 +64,10 @@ func TestStandaloneServerRestart(t *testing.T) {
 			_, seq := publish(t, js, probeEvent("a", events.ProbeFail, events.ClassHTTP5xx, "before the restart", time.Now()))
 			waitEvent(t, js, "a", seq, "before the restart")
 
+			store := srv.JetStreamConfig().StoreDir
 			srv.Shutdown()
 			if lose {
-				obs := filepath.Join(dir, "jetstream", "$G", "streams", events.StreamHealth, "obs", evaluator.ConsumerName)
+				obs := filepath.Join(store, "$G", "streams", events.StreamHealth, "obs", evaluator.ConsumerName)
 				if _, err := os.Stat(obs); err != nil {
 					t.Fatalf("the consumer's store: %v", err)
 				}
@@ -95,8 +75,7 @@ func TestStandaloneServerRestart(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			srv = start()
-			t.Cleanup(srv.Shutdown) // before the connection closes: cleanups run last first
+			restart()
 
 			seq = publishRetry(t, js, probeEvent("a", events.ProbeFail, events.ClassHTTP5xx, "after the restart", time.Now()))
 			waitEvent(t, js, "a", seq, "after the restart")

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
@@ -18,22 +17,7 @@ import (
 // the connection, and every job finishes exactly once.
 func TestServerRestart(t *testing.T) {
 	a := startMock(t, mock.Config{Name: "a", Models: []string{"m"}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	dir := t.TempDir()
-	start := func() *natsx.Server {
-		s, err := natsx.StartServer(natsx.ServerOptions{Name: "single", Listen: addr, StoreDir: dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	srv := start()
-	t.Cleanup(func() { srv.Shutdown() }) // whichever server runs then, after every service stopped
+	srv, restart := natstest.Restartable(t)
 	nc := natstest.Connect(t, srv.ClientURL())
 	js := natstest.JetStream(t, nc)
 	natstest.Provision(t, js, 1)
@@ -59,7 +43,7 @@ func TestServerRestart(t *testing.T) {
 	}
 
 	srv.Shutdown()
-	srv = start()
+	restart()
 
 	submit(10)
 	for _, id := range ids {

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-llm/switchboard/events"
@@ -147,22 +146,7 @@ worker:
 	startChild(t, writeCfg("k2"), srv.ClientURL())
 	natstest.WaitFor(t, 2*time.Minute, "every job finished", func() bool { return done.count() >= n })
 
-	fin, counts := results(t, js)
-	recs := records(t, js)
-	redelivered := 0
-	for _, id := range ids {
-		f, r := fin[id], recs[id]
-		if counts[id] != 1 || f.Status != events.JobSucceeded {
-			t.Errorf("job %s: %d finished events, status %q", id, counts[id], f.Status)
-			continue
-		}
-		if diff := cmp.Diff(f, r); diff != "" {
-			t.Errorf("job %s: finished event and record differ (-event +record):\n%s", id, diff)
-		}
-		if r.Deliveries > 1 {
-			redelivered++
-		}
-	}
+	redelivered := checkExactlyOnce(t, js, ids)
 	t.Logf("%d jobs were redelivered after the kill", redelivered)
 	if redelivered == 0 {
 		t.Error("no job was redelivered: the kill hit no job in flight, so the test proved nothing")

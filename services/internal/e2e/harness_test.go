@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -296,4 +297,40 @@ func retry(t testing.TB, ctx context.Context, what string, op func() error) {
 		t.Logf("%s: %v; retrying", what, err)
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// finishedCount is how many finished events SWITCHBOARD_RESULTS holds (-1
+// while it cannot be read). Unlike a subscription, it misses none published
+// while a connection moves to another node.
+func finishedCount(js jetstream.JetStream) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, events.StreamResults)
+	if err != nil {
+		return -1
+	}
+	return int(s.CachedInfo().State.Msgs)
+}
+
+// checkExactlyOnce checks that every job of ids succeeded with exactly one
+// finished event equal to its record, and returns how many of them were
+// delivered more than once.
+func checkExactlyOnce(t *testing.T, js jetstream.JetStream, ids []string) (redelivered int) {
+	t.Helper()
+	fin, counts := results(t, js)
+	recs := records(t, js)
+	for _, id := range ids {
+		f, r := fin[id], recs[id]
+		if counts[id] != 1 || f.Status != events.JobSucceeded {
+			t.Errorf("job %s: %d finished events, status %q", id, counts[id], f.Status)
+			continue
+		}
+		if diff := cmp.Diff(f, r); diff != "" {
+			t.Errorf("job %s: finished event and record differ (-event +record):\n%s", id, diff)
+		}
+		if r.Deliveries > 1 {
+			redelivered++
+		}
+	}
+	return redelivered
 }

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-llm/switchboard/events"
@@ -113,15 +112,7 @@ func TestNATSServerKilled(t *testing.T) {
 	run(t, "worker", w.Run)
 	<-w.Ready()
 
-	finished := func() int {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		s, err := js.Stream(ctx, events.StreamResults)
-		if err != nil {
-			return -1
-		}
-		return int(s.CachedInfo().State.Msgs)
-	}
+	finished := func() int { return finishedCount(js) }
 	msgs, ids := newJobs(t, n, "natskill")
 	submit(t, js, msgs)
 	var killedAt int
@@ -136,18 +127,7 @@ func TestNATSServerKilled(t *testing.T) {
 	t.Logf("NATS killed with about %d of %d jobs finished; the rest finished %s after it was back",
 		killedAt, n, time.Since(restarted).Round(time.Millisecond))
 
-	fin, counts := results(t, js)
-	recs := records(t, js)
-	for _, id := range ids {
-		f, r := fin[id], recs[id]
-		if counts[id] != 1 || f.Status != events.JobSucceeded {
-			t.Errorf("job %s: %d finished events, status %q", id, counts[id], f.Status)
-			continue
-		}
-		if diff := cmp.Diff(f, r); diff != "" {
-			t.Errorf("job %s: finished event and record differ (-event +record):\n%s", id, diff)
-		}
-	}
+	checkExactlyOnce(t, js, ids)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s, err := js.Stream(ctx, events.StreamJobs)

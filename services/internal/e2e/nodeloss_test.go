@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
-
 	"github.com/switchboard-llm/switchboard/events"
 	"github.com/switchboard-llm/switchboard/services/evaluator"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
@@ -70,15 +68,7 @@ func TestClusterNodeLoss(t *testing.T) {
 	// Finished jobs are counted in SWITCHBOARD_RESULTS, not by a plain
 	// subscription: that would miss the events published while its own
 	// connection moves to another node.
-	finished := func() int {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		s, err := subJS.Stream(ctx, events.StreamResults)
-		if err != nil {
-			return -1
-		}
-		return int(s.CachedInfo().State.Msgs)
-	}
+	finished := func() int { return finishedCount(subJS) }
 	msgs, ids := newJobs(t, n, "loss")
 	submit(t, subJS, msgs)
 	natstest.WaitFor(t, time.Minute, "a quarter of the jobs finished", func() bool { return finished() >= n/4 })
@@ -102,16 +92,5 @@ func TestClusterNodeLoss(t *testing.T) {
 	natstest.WaitFor(t, 2*time.Minute, "every job finished", func() bool { return finished() >= n })
 	t.Logf("the other %d jobs finished %s after the loss", n-killedAt, time.Since(lost).Round(time.Millisecond))
 
-	fin, counts := results(t, subJS)
-	recs := records(t, subJS)
-	for _, id := range ids {
-		f, r := fin[id], recs[id]
-		if counts[id] != 1 || f.Status != events.JobSucceeded {
-			t.Errorf("job %s: %d finished events, status %q", id, counts[id], f.Status)
-			continue
-		}
-		if diff := cmp.Diff(f, r); diff != "" {
-			t.Errorf("job %s: finished event and record differ (-event +record):\n%s", id, diff)
-		}
-	}
+	checkExactlyOnce(t, subJS, ids)
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/endpointkv"
 	"github.com/switchboard-llm/switchboard/services/internal/natstest"
-	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 	"github.com/switchboard-llm/switchboard/services/mock"
 	"github.com/switchboard-llm/switchboard/services/worker"
 )
@@ -29,22 +28,7 @@ import (
 // answers, a durable job submitted over HTTP finishes and its long-poll
 // returns it, and a failing endpoint's breaker still opens.
 func TestServicesSurviveServerRestart(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	dir := t.TempDir()
-	start := func() *natsx.Server {
-		s, err := natsx.StartServer(natsx.ServerOptions{Name: "single", Listen: addr, StoreDir: dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	srv := start()
-	t.Cleanup(func() { srv.Shutdown() }) // whichever server runs then, after every service stopped
+	srv, restart := natstest.Restartable(t)
 	nc, js := connect(t, srv.ClientURL())
 	natstest.Provision(t, js, 1)
 
@@ -97,7 +81,7 @@ func TestServicesSurviveServerRestart(t *testing.T) {
 	})
 
 	srv.Shutdown()
-	srv = start()
+	restart()
 	restarted := time.Now()
 
 	natstest.WaitFor(t, 15*time.Second, "a chat completion after the restart", func() bool {

@@ -6,6 +6,7 @@ package natstest
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,35 @@ import (
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 )
+
+// Restartable runs one JetStream node on a fixed free 127.0.0.1 port with a
+// store that outlives it, for tests that shut the server down (or lose it)
+// and start it again: restart starts a fresh server on the same port and
+// store (after the previous one was shut down). Whichever server runs when
+// the test ends is shut down then, after everything registered later (the
+// services) has stopped.
+func Restartable(t testing.TB) (first *natsx.Server, restart func() *natsx.Server) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	var cur *natsx.Server
+	start := func() *natsx.Server {
+		s, err := natsx.StartServer(natsx.ServerOptions{Name: "single", Listen: addr, StoreDir: dir})
+		if err != nil {
+			t.Fatalf("start nats on %s: %v", addr, err)
+		}
+		cur = s
+		return s
+	}
+	first = start()
+	t.Cleanup(func() { cur.Shutdown() })
+	return first, start
+}
 
 // RunServer starts one JetStream node on a random 127.0.0.1 port.
 func RunServer(t testing.TB) *natsx.Server {
