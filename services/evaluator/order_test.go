@@ -23,20 +23,7 @@ import (
 func TestApplyCatchesUpInStreamOrder(t *testing.T) {
 	_, _, js := natstest.Start(t)
 	ctx := context.Background()
-	cfg := &config.Config{Endpoints: []config.Endpoint{
-		{Name: "ep", BaseURL: "http://127.0.0.1:1/v1", Models: []string{"m"}},
-		{Name: "other", BaseURL: "http://127.0.0.1:1/v1", Models: []string{"m"}},
-	}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Options{Config: cfg, JS: js, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.setup(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := setUp(t, js, "ep", "other")
 
 	now := time.Now()
 	var seqs []uint64
@@ -129,20 +116,7 @@ func TestApplyCatchesUpInStreamOrder(t *testing.T) {
 func TestHeldEventIsNeverSkipped(t *testing.T) {
 	_, _, js := natstest.Start(t)
 	ctx := context.Background()
-	cfg := &config.Config{Endpoints: []config.Endpoint{
-		{Name: "ep", BaseURL: "http://127.0.0.1:1/v1", Models: []string{"m"}},
-		{Name: "other", BaseURL: "http://127.0.0.1:1/v1", Models: []string{"m"}},
-	}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Options{Config: cfg, JS: js, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.setup(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := setUp(t, js, "ep", "other")
 	probe := func(ep string) *events.ProbeResult {
 		return &events.ProbeResult{Endpoint: ep, Vantage: "v1", Kind: events.ProbeModels, Outcome: events.ProbeFail,
 			ErrorClass: events.ClassConnect, LatencyMS: 1, IntervalMS: 30000, StartedAt: time.Now()}
@@ -180,6 +154,27 @@ func TestHeldEventIsNeverSkipped(t *testing.T) {
 	if st.AppliedSeq != ev.seq || st.ConsecutiveFailures != 1 || st.LastError == nil {
 		t.Errorf("record: applied_seq %d, failures %d, last error %v; want %d, 1, the probe's", st.AppliedSeq, st.ConsecutiveFailures, st.LastError, ev.seq)
 	}
+}
+
+// setUp makes an evaluator for endpoints eps, set up (streams, bucket,
+// records) but not running: tests call its methods directly.
+func setUp(t *testing.T, js jetstream.JetStream, eps ...string) *Service {
+	t.Helper()
+	cfg := &config.Config{}
+	for _, ep := range eps {
+		cfg.Endpoints = append(cfg.Endpoints, config.Endpoint{Name: ep, BaseURL: "http://127.0.0.1:1/v1", Models: []string{"m"}})
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Config: cfg, JS: js, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func TestClock(t *testing.T) {

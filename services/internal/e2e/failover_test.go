@@ -12,7 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-llm/switchboard/events"
-	"github.com/switchboard-llm/switchboard/services/evaluator"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/endpointkv"
 	"github.com/switchboard-llm/switchboard/services/internal/natstest"
@@ -96,30 +95,15 @@ func TestTenThousandJobsSurviveFailures(t *testing.T) {
 	}
 
 	// The evaluator, on node 1.
-	{
-		nc, js := connect(t, servers[0].ClientURL())
-		ev, err := evaluator.New(evaluator.Options{Config: base, NC: nc, JS: js, Log: testLog()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		run(t, "evaluator", ev.Run)
-	}
+	evNC, evJS := connect(t, servers[0].ClientURL())
+	runEvaluator(t, base, evNC, evJS)
 	// Two workers, on nodes 2 and 3.
 	watch := &breakerWatch{endpoint: "b", opened: map[string]time.Time{}}
 	for i, s := range servers[1:] {
 		cfg := *base
 		cfg.Worker.Instance = fmt.Sprintf("w%d", i+1)
 		nc, js := connect(t, s.ClientURL())
-		w, err := worker.New(worker.Options{Config: &cfg, NC: nc, JS: js, Log: testLog(), OnEndpointState: watch.hook(cfg.Worker.Instance)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		run(t, cfg.Worker.Instance, w.Run)
-		select {
-		case <-w.Ready():
-		case <-time.After(30 * time.Second):
-			t.Fatal("worker not ready")
-		}
+		runWorker(t, worker.Options{Config: &cfg, NC: nc, JS: js, OnEndpointState: watch.hook(cfg.Worker.Instance)})
 	}
 
 	// Submit from node 1, in three parts: half of the jobs on healthy

@@ -4,14 +4,12 @@ import (
 	"bufio"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/switchboard-llm/switchboard/events"
-	"github.com/switchboard-llm/switchboard/services/gateway"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/natstest"
 	"github.com/switchboard-llm/switchboard/services/mock"
@@ -37,31 +35,9 @@ func TestGatewayAndWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	w, err := worker.New(worker.Options{Config: cfg, NC: nc, JS: js, Log: testLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, "worker", w.Run)
-	<-w.Ready()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := gateway.New(gateway.Options{Config: cfg, NC: nc, JS: js, Log: testLog(), Listener: ln})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, "gateway", g.Run)
-	base := "http://" + ln.Addr().String()
+	runWorker(t, worker.Options{Config: cfg, NC: nc, JS: js})
+	base := runGateway(t, cfg, nc, js)
 	client := &http.Client{Timeout: 30 * time.Second}
-	natstest.WaitFor(t, 10*time.Second, "gateway ready", func() bool {
-		resp, err := client.Get(base + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
 	post := func(path, body string) *http.Response {
 		t.Helper()
 		resp, err := client.Post(base+path, "application/json", strings.NewReader(body))

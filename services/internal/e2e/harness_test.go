@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -21,10 +23,14 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/switchboard-llm/switchboard/events"
+	"github.com/switchboard-llm/switchboard/services/evaluator"
+	"github.com/switchboard-llm/switchboard/services/gateway"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
+	"github.com/switchboard-llm/switchboard/services/internal/natstest"
 	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 	"github.com/switchboard-llm/switchboard/services/mock"
 	"github.com/switchboard-llm/switchboard/services/mock/mocktest"
+	"github.com/switchboard-llm/switchboard/services/worker"
 )
 
 func TestMain(m *testing.M) {
@@ -333,4 +339,59 @@ func checkExactlyOnce(t *testing.T, js jetstream.JetStream, ids []string) (redel
 		}
 	}
 	return redelivered
+}
+
+// runWorker runs a worker with o (Log filled in) until the test ends and
+// waits until it is ready.
+func runWorker(t *testing.T, o worker.Options) *worker.Service {
+	t.Helper()
+	if o.Log == nil {
+		o.Log = testLog()
+	}
+	w, err := worker.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "worker "+o.Config.Worker.Instance, w.Run)
+	select {
+	case <-w.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("worker not ready after 30s")
+	}
+	return w
+}
+
+// runEvaluator runs an evaluator until the test ends.
+func runEvaluator(t *testing.T, cfg *config.Config, nc *nats.Conn, js jetstream.JetStream) {
+	t.Helper()
+	ev, err := evaluator.New(evaluator.Options{Config: cfg, NC: nc, JS: js, Log: testLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "evaluator", ev.Run)
+}
+
+// runGateway runs a gateway on 127.0.0.1 until the test ends, waits until
+// it is ready and returns its base URL.
+func runGateway(t *testing.T, cfg *config.Config, nc *nats.Conn, js jetstream.JetStream) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(gateway.Options{Config: cfg, NC: nc, JS: js, Log: testLog(), Listener: ln})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "gateway", g.Run)
+	base := "http://" + ln.Addr().String()
+	natstest.WaitFor(t, 10*time.Second, "gateway ready", func() bool {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return base
 }

@@ -105,12 +105,7 @@ func TestNATSServerKilled(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	w, err := worker.New(worker.Options{Config: cfg, NC: nc, JS: js, Log: testLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, "worker", w.Run)
-	<-w.Ready()
+	runWorker(t, worker.Options{Config: cfg, NC: nc, JS: js})
 
 	finished := func() int { return finishedCount(js) }
 	msgs, ids := newJobs(t, n, "natskill")

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/switchboard-llm/switchboard/events"
-	"github.com/switchboard-llm/switchboard/services/evaluator"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/natstest"
 	"github.com/switchboard-llm/switchboard/services/internal/natsx"
@@ -40,28 +39,13 @@ func TestClusterNodeLoss(t *testing.T) {
 	if err := base.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	{
-		nc, js := connect(t, urls)
-		ev, err := evaluator.New(evaluator.Options{Config: base, NC: nc, JS: js, Log: testLog()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		run(t, "evaluator", ev.Run)
-	}
+	evNC, evJS := connect(t, urls)
+	runEvaluator(t, base, evNC, evJS)
 	for i := range 2 {
 		cfg := *base
 		cfg.Worker.Instance = fmt.Sprintf("w%d", i+1)
 		nc, js := connect(t, urls)
-		w, err := worker.New(worker.Options{Config: &cfg, NC: nc, JS: js, Log: testLog()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		run(t, cfg.Worker.Instance, w.Run)
-		select {
-		case <-w.Ready():
-		case <-time.After(30 * time.Second):
-			t.Fatal("worker not ready")
-		}
+		runWorker(t, worker.Options{Config: &cfg, NC: nc, JS: js})
 	}
 
 	_, subJS := connect(t, urls)

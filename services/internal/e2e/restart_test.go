@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,8 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-llm/switchboard/events"
-	"github.com/switchboard-llm/switchboard/services/evaluator"
-	"github.com/switchboard-llm/switchboard/services/gateway"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/endpointkv"
 	"github.com/switchboard-llm/switchboard/services/internal/natstest"
@@ -43,27 +40,9 @@ func TestServicesSurviveServerRestart(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	ev, err := evaluator.New(evaluator.Options{Config: cfg, NC: nc, JS: js, Log: testLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, "evaluator", ev.Run)
-	w, err := worker.New(worker.Options{Config: cfg, NC: nc, JS: js, Log: testLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, "worker", w.Run)
-	<-w.Ready()
-	gln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := gateway.New(gateway.Options{Config: cfg, NC: nc, JS: js, Log: testLog(), Listener: gln})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, "gateway", g.Run)
-	base := "http://" + gln.Addr().String()
+	runEvaluator(t, cfg, nc, js)
+	runWorker(t, worker.Options{Config: cfg, NC: nc, JS: js})
+	base := runGateway(t, cfg, nc, js)
 	client := &http.Client{Timeout: 30 * time.Second}
 	chat := func() (int, string) {
 		resp, err := client.Post(base+"/v1/chat/completions", "application/json",
