@@ -85,13 +85,7 @@ func startChildNATS(t *testing.T, addr, dir string) (kill func()) {
 // job finishes exactly once.
 func TestNATSServerKilled(t *testing.T) {
 	n := 500
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	dir := t.TempDir()
+	addr, dir := natstest.FreeAddr(t), t.TempDir()
 	kill := startChildNATS(t, addr, dir)
 	url := "nats://" + addr
 	nc, js := connect(t, url)

@@ -26,13 +26,7 @@ import (
 // services) has stopped.
 func Restartable(t testing.TB) (first *natsx.Server, restart func() *natsx.Server) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	dir := t.TempDir()
+	addr, dir := FreeAddr(t), t.TempDir()
 	var cur *natsx.Server
 	start := func() *natsx.Server {
 		s, err := natsx.StartServer(natsx.ServerOptions{Name: "single", Listen: addr, StoreDir: dir})
@@ -45,6 +39,18 @@ func Restartable(t testing.TB) (first *natsx.Server, restart func() *natsx.Serve
 	first = start()
 	t.Cleanup(func() { cur.Shutdown() })
 	return first, start
+}
+
+// FreeAddr returns a 127.0.0.1 address nothing listens on (a port the
+// system just handed out), for a server that must come back on it.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // RunServer starts one JetStream node on a random 127.0.0.1 port.
