@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/switchboard-llm/switchboard/events"
 	"github.com/switchboard-llm/switchboard/services/internal/config"
 	"github.com/switchboard-llm/switchboard/services/internal/lane"
+	"github.com/switchboard-llm/switchboard/services/internal/natstest"
 	"github.com/switchboard-llm/switchboard/services/mock"
 )
 
@@ -46,7 +46,7 @@ func TestAPIKeysNeverLeak(t *testing.T) {
 		// A caller error is relayed to the client as the upstream sent it.
 		{Name: "echo400", BaseURL: e400.URL + "/v1", Models: []string{"m400"}, Weight: 1, Tier: 1, APIKey: echoKey},
 	}
-	var logs lockedBuffer
+	var logs natstest.Buffer
 	e := newEnv(t, testConfig(eps...))
 	e.startWorker(Options{Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 
@@ -137,22 +137,3 @@ func streamBytes(t *testing.T, js jetstream.JetStream, stream string) [][]byte {
 	}
 	return out
 }
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
-}
-
-func (l *lockedBuffer) String() string { return string(l.Bytes()) }

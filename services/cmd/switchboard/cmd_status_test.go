@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,29 +20,11 @@ import (
 	"github.com/switchboard-llm/switchboard/services/internal/natsx"
 )
 
-// syncBuffer is a buffer a running command writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startCLI runs a long-lived command (watch) until the test ends.
-func startCLI(t *testing.T, args ...string) *syncBuffer {
+func startCLI(t *testing.T, args ...string) *natstest.Buffer {
 	t.Helper()
 	root := newRootCmd()
-	out := &syncBuffer{}
+	out := &natstest.Buffer{}
 	root.SetOut(out)
 	root.SetErr(out)
 	root.SetArgs(args)

@@ -11,6 +11,7 @@
 package router
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -237,47 +238,11 @@ func (r *Router) pick(top []scored) Candidate {
 	case config.StrategyLowestLatency:
 		// An endpoint without a latency sample yet (EWMA 0) loses to any
 		// measured one; among unmeasured ones, the weighted draw decides.
-		min, n := math.Inf(1), 0
-		for _, s := range top {
-			if l := s.c.State.LatencyEWMAMS; l > 0 && l < min {
-				min = l
-			}
-		}
-		if !math.IsInf(min, 1) {
-			for _, s := range top {
-				if s.c.State.LatencyEWMAMS == min {
-					top[n] = s
-					n++
-				}
-			}
-			top = top[:n]
-		}
+		top = keepLowest(top, func(s scored) (float64, bool) { return s.c.State.LatencyEWMAMS, s.c.State.LatencyEWMAMS > 0 })
 	case config.StrategyTier:
-		min := math.MaxInt
-		for _, s := range top {
-			min = minInt(min, s.c.Endpoint.Tier)
-		}
-		n := 0
-		for _, s := range top {
-			if s.c.Endpoint.Tier == min {
-				top[n] = s
-				n++
-			}
-		}
-		top = top[:n]
+		top = keepLowest(top, func(s scored) (int, bool) { return s.c.Endpoint.Tier, true })
 	case config.StrategyCheapest:
-		min := math.Inf(1)
-		for _, s := range top {
-			min = math.Min(min, s.c.Endpoint.PricePerMTok)
-		}
-		n := 0
-		for _, s := range top {
-			if s.c.Endpoint.PricePerMTok == min {
-				top[n] = s
-				n++
-			}
-		}
-		top = top[:n]
+		top = keepLowest(top, func(s scored) (float64, bool) { return s.c.Endpoint.PricePerMTok, true })
 	}
 	return r.weighted(top)
 }
@@ -312,9 +277,25 @@ func (r *Router) weighted(top []scored) Candidate {
 	return top[len(top)-1].c
 }
 
-func minInt(a, b int) int {
-	if a < b {
-		return a
+// keepLowest keeps, in place, the entries of top with the lowest key among
+// those that have one (ok); when none has one, it keeps them all.
+func keepLowest[K cmp.Ordered](top []scored, key func(scored) (K, bool)) []scored {
+	var lowest K
+	found := false
+	for _, s := range top {
+		if k, ok := key(s); ok && (!found || k < lowest) {
+			lowest, found = k, true
+		}
 	}
-	return b
+	if !found {
+		return top
+	}
+	n := 0
+	for _, s := range top {
+		if k, ok := key(s); ok && k == lowest {
+			top[n] = s
+			n++
+		}
+	}
+	return top[:n]
 }

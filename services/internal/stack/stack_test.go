@@ -1,7 +1,6 @@
 package stack_test
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"strings"
@@ -22,7 +21,7 @@ import (
 // timings) on a free port, and returns its NATS URL.
 func startDev(t *testing.T, tweak ...func(*config.Config)) (*stack.Stack, string) {
 	t.Helper()
-	var out syncBuffer
+	var out natstest.Buffer
 	cfg := config.Default()
 	cfg.Gateway.Listen = "127.0.0.1:0"
 	st, err := stack.New(stack.Options{Config: cfg, NATSListen: "127.0.0.1:0", StoreDir: t.TempDir(), Out: &out, DevTimings: true})
@@ -99,23 +98,6 @@ func TestDevProbesEveryMockWithin10s(t *testing.T) {
 		t.Errorf("invalid probe events: %v", bad)
 	}
 	t.Logf("after %s: %v", time.Since(start).Round(time.Millisecond), seen)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestRunReleasesTheGatewayPortWhenAdminCannotListen: when the admin port
